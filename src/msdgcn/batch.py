@@ -1,0 +1,228 @@
+"""Batch runs: execute the training notebook once per variant with papermill.
+
+Each executed notebook is kept beside its results in `results/<profile>/<dataset>/<variant>/`.
+A variant whose `metrics.json` exists is skipped unless forced, an unfinished one resumes from its
+last checkpoint, and a failed variant does not stop the others: failures are listed at the end and
+the command exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jupytext
+import nbformat
+import papermill
+
+from .profiles import DEFAULT_VARIANTS, PROFILES
+from .run import METRICS_FILE
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+TRAIN_NOTEBOOK = NOTEBOOK_DIR / "train_variant.py"
+EXECUTED_NAME = "train_variant.ipynb"
+
+# Command-line options that override a profile's value, as (option, notebook parameter, type).
+OVERRIDES = (
+    ("--epochs", "epochs", int),
+    ("--image-size", "image_size", int),
+    ("--batch-size", "batch_size", int),
+    ("--lr", "learning_rate", float),
+    ("--seed", "seed", int),
+    ("--device", "device", str),
+    ("--num-workers", "num_workers", int),
+    ("--max-train-images", "max_train_images", int),
+    ("--max-val-images", "max_val_images", int),
+    ("--init-weights", "init_weights", str),
+)
+
+
+@dataclass
+class Outcome:
+    variant: str
+    status: str  # "done", "skipped", "failed"
+    seconds: float
+    notebook: Path
+    error: str = ""
+
+
+def read_notebook(path: Path) -> nbformat.NotebookNode:
+    """Read a notebook from its jupytext `.py` source (the reviewed one) or an `.ipynb`."""
+    return jupytext.read(path)
+
+
+def retitle(notebook_path: Path, title: str) -> None:
+    """Replace the executed notebook's first heading so each run has its own page title."""
+    notebook = nbformat.read(notebook_path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("# "):
+            first, _, rest = cell.source.partition("\n")
+            cell.source = f"# {title}\n{rest}"
+            break
+    nbformat.write(notebook, notebook_path)
+
+
+class BatchLock:
+    """A lock file that stops two batches from writing the same results folder at once."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".batch.lock"
+
+    def __enter__(self) -> "BatchLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if self._holder_alive():
+                    raise RuntimeError(
+                        f"another batch (pid {self.path.read_text().strip()}) is writing to "
+                        f"{self.path.parent}; wait for it to finish, or delete {self.path} if "
+                        "that process no longer exists"
+                    ) from None
+                logger.warning("removing stale lock %s", self.path)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            return self
+        raise RuntimeError(f"could not create the lock file {self.path}")
+
+    def _holder_alive(self) -> bool:
+        try:
+            pid = int(self.path.read_text().strip())
+            os.kill(pid, 0)
+        except (ValueError, FileNotFoundError):
+            return False
+        except OSError as error:
+            return error.errno == errno.EPERM
+        return True
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def run_batch(
+    profile: str,
+    dataset: str,
+    data_root: str | Path,
+    variants: list[str] | None = None,
+    results_root: str | Path = REPO_ROOT / "results",
+    force: bool = False,
+    overrides: dict[str, Any] | None = None,
+    notebook: Path = TRAIN_NOTEBOOK,
+    kernel_name: str | None = None,
+) -> list[Outcome]:
+    """Run the variants of a profile one after another and return what happened to each."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    variants = list(variants or DEFAULT_VARIANTS[profile])
+    unknown = [v for v in variants if v not in PROFILES[profile].variants]
+    if unknown:
+        raise ValueError(
+            f"unknown variants {unknown} for profile {profile!r}; "
+            f"choose from {sorted(PROFILES[profile].variants)}"
+        )
+    data_root = Path(data_root).resolve()
+    if not data_root.exists():
+        raise FileNotFoundError(
+            f"dataset folder not found: {data_root}; pass the folder that holds {dataset} "
+            "with --data-root"
+        )
+    results_root = Path(results_root).resolve()
+    source = read_notebook(notebook)
+    outcomes: list[Outcome] = []
+    with BatchLock(results_root / profile / dataset):
+        for variant in variants:
+            run_dir = results_root / profile / dataset / variant
+            executed = run_dir / EXECUTED_NAME
+            if (run_dir / METRICS_FILE).exists() and not force:
+                logger.info("%s: finished before, skipped (use --force to run it again)", variant)
+                outcomes.append(Outcome(variant, "skipped", 0.0, executed))
+                continue
+            if force and run_dir.exists():
+                # A forced run starts from scratch: old checkpoints would otherwise be resumed.
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+                (run_dir / METRICS_FILE).unlink(missing_ok=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            # Paths relative to the notebook's folder keep the executed copies free of local paths.
+            parameters = dict(
+                variant=variant,
+                profile=profile,
+                dataset=dataset,
+                data_root=os.path.relpath(data_root, notebook.parent),
+                results_root=os.path.relpath(results_root, notebook.parent),
+                progress=False,
+                **(overrides or {}),
+            )
+            logger.info("%s: running %s into %s", variant, notebook.name, executed)
+            start = time.perf_counter()
+            try:
+                papermill.execute_notebook(
+                    source,
+                    str(executed),
+                    parameters=parameters,
+                    cwd=str(notebook.parent),
+                    kernel_name=kernel_name,
+                    progress_bar=False,
+                    log_output=False,
+                )
+            except Exception as error:  # papermill wraps the notebook's own exception
+                seconds = time.perf_counter() - start
+                message = str(error).strip().splitlines()
+                summary = next((line for line in reversed(message) if line.strip()), repr(error))
+                logger.error("%s: failed after %.0f s: %s (see %s)", variant, seconds, summary, executed)
+                outcomes.append(Outcome(variant, "failed", seconds, executed, summary))
+                continue
+            seconds = time.perf_counter() - start
+            retitle(executed, f"Run: variant {variant} ({profile}, {dataset})")
+            logger.info("%s: done in %.0f s", variant, seconds)
+            outcomes.append(Outcome(variant, "done", seconds, executed))
+    return outcomes
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES), help="run scale")
+    parser.add_argument("--dataset", default="coco-subset", help="dataset name (see msdgcn.data.DATASETS)")
+    parser.add_argument("--data-root", required=True, help="folder that holds the dataset")
+    parser.add_argument(
+        "--variants", nargs="+", default=None, help="variants to run (default: the profile's list)"
+    )
+    parser.add_argument("--results", default=str(REPO_ROOT / "results"), help="results root folder")
+    parser.add_argument("--force", action="store_true", help="run finished variants again from scratch")
+    for option, name, kind in OVERRIDES:
+        parser.add_argument(option, dest=name, type=kind, default=None, help=f"override {name}")
+
+
+def run_batch_command(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name) for _, name, _ in OVERRIDES if getattr(args, name) is not None}
+    outcomes = run_batch(
+        args.profile,
+        args.dataset,
+        args.data_root,
+        variants=args.variants,
+        results_root=args.results,
+        force=args.force,
+        overrides=overrides,
+    )
+    width = max(len(o.variant) for o in outcomes)
+    for outcome in outcomes:
+        line = f"{outcome.variant:<{width}}  {outcome.status:<7}  {outcome.seconds:7.0f} s  {outcome.notebook}"
+        if outcome.error:
+            line += f"\n{'':<{width}}  {outcome.error}"
+        print(line)
+    failed = [o.variant for o in outcomes if o.status == "failed"]
+    if failed:
+        print(f"{len(failed)} of {len(outcomes)} variants failed: {', '.join(failed)}")
+        return 1
+    return 0

@@ -1,0 +1,448 @@
+"""Training loop: optimizer, loss, schedule, one epoch, evaluation and checkpoints.
+
+The loop follows torchvision's classification reference: build data, model, optimizer and
+scheduler, then alternate `train_one_epoch` and `evaluate`. Checkpoints are one dict (model,
+optimizer, scheduler, epoch, best score, RNG states, parameters, class names) written atomically,
+so an interrupted write never replaces a good `last.pt` with a broken one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .data import MultiLabelDataset, training_targets
+from .metrics import multilabel_metrics
+from .profiles import OptimConfig, RunConfig
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+def build_loss(name: str) -> nn.Module:
+    """Return the training criterion by name.
+
+    For targets in {0, 1}, MultiLabelSoftMarginLoss (the mean over classes of the binary
+    cross-entropy on sigmoid outputs, then the mean over the batch) equals BCEWithLogitsLoss with
+    mean reduction, so switching between them changes no number (checked in the tests).
+    """
+    if name == "multilabel_soft_margin":
+        return nn.MultiLabelSoftMarginLoss()
+    if name == "bce":
+        return nn.BCEWithLogitsLoss()
+    raise ValueError(f"unknown loss {name!r}; choose 'multilabel_soft_margin' or 'bce'")
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """Build SGD or Adam over two groups: the backbone at lr * backbone_lr_mult, the head at lr."""
+    groups = model.parameter_groups(optim.lr, optim.backbone_lr_mult)
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+        )
+    if optim.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    raise ValueError(f"unknown optimizer {optim.optimizer!r}; choose 'sgd' or 'adam'")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig):
+    """Multiply every group's lr by gamma after each milestone epoch (1-based, stepped per epoch)."""
+    return torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(optim.milestones), gamma=optim.gamma
+    )
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of one epoch; reseeding at every epoch start makes resume at an epoch boundary exact."""
+    return (seed * 1_000_003 + epoch) % (2**31)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    worker_seed = torch.initial_seed() % (2**32)
+    random.seed(worker_seed)
+    np.random.seed(worker_seed)
+
+
+class BatchTimer:
+    """Mean wall time per training batch (data loading included), after a warm-up.
+
+    On CUDA the clock waits for queued kernels, so every variant is timed the same way.
+    """
+
+    def __init__(self, device: torch.device, warmup: int = 1):
+        self.device = device
+        self.warmup = warmup
+        self.count = 0
+        self.total = 0.0
+        self._seen = 0
+        self._start: float | None = None
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> float:
+        elapsed = self._now() - self._start
+        self._seen += 1
+        if self._seen > self.warmup:
+            self.count += 1
+            self.total += elapsed
+        self._start = self._now()
+        return elapsed
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores: the epoch done, the best score and the per-epoch history."""
+
+    epoch: int = 0
+    best_mAP: float = -math.inf
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write a checkpoint atomically: a temporary file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint of ours; code that needs arbitrary unpickling is rejected, never run."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError or RuntimeError for bad files
+        raise ValueError(
+            f"cannot load checkpoint {path}: {error}. Only plain tensors and containers are "
+            "accepted (torch.load with weights_only=True); re-save the file as a state dict."
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a training checkpoint of this package (missing 'format': "
+            f"{CHECKPOINT_FORMAT}); use it as init_weights for a weights-only start instead"
+        )
+    return payload
+
+
+def load_init_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Initialise a model from weights only (fine-tuning): epoch count and best score start fresh.
+
+    Accepts a checkpoint of ours or a plain state dict (a `module.` prefix from DataParallel or DDP
+    is removed). Missing and unexpected keys are listed in the log, not raised, because fine-tuning
+    from another dataset changes the class-indexed layers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_weights file not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    state = payload.get("model", payload.get("state_dict", payload))
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(usable))
+    missing = sorted(set(own) - set(usable))
+    model.load_state_dict(usable, strict=False)
+    logger.info("initialised %d tensors from %s", len(usable), path)
+    if skipped:
+        logger.warning("%d tensors of %s not used (absent or another shape): %s", len(skipped), path, skipped[:20])
+    if missing:
+        logger.warning("%d model tensors not in %s keep their initial values: %s", len(missing), path, missing[:20])
+    return {"skipped": skipped, "missing": missing}
+
+
+def make_loader(
+    dataset: MultiLabelDataset,
+    batch_size: int,
+    *,
+    train: bool,
+    num_workers: int,
+    seed: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Build a DataLoader; a training loader reshuffles with a generator seeded per epoch."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    # BatchNorm in training mode fails on a batch of one sample, so such a last batch is dropped.
+    drop_last = train and len(dataset) % batch_size == 1
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        num_workers=num_workers,
+        generator=generator,
+        worker_init_fn=_seed_worker,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
+    """Return sigmoid probabilities (N, C) in dataset order."""
+    model.eval()
+    scores = []
+    for images, _, _ in loader:
+        logits = model(images.to(device, non_blocking=True))
+        scores.append(torch.sigmoid(logits.float()).cpu())
+    return torch.cat(scores).numpy().astype(np.float64)
+
+
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Score every image of the loader's dataset and compute the multi-label metrics."""
+    dataset: MultiLabelDataset = loader.dataset
+    scores = predict(model, loader, device)
+    metrics = multilabel_metrics(scores, dataset.targets, dataset.class_names)
+    return metrics, scores
+
+
+class Trainer:
+    """Train one run with evaluation every epoch, `last`/`best` checkpoints and exact resume."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        model: nn.Module,
+        train_set: MultiLabelDataset,
+        val_set: MultiLabelDataset,
+        checkpoint_dir: Path,
+        progress: bool = True,
+    ):
+        self.config = config
+        self.device = torch.device(config.device)
+        self.model = model.to(self.device)
+        self.train_set = train_set
+        self.val_set = val_set
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.progress = progress
+        self.criterion = build_loss(config.optim.loss)
+        self.optimizer = build_optimizer(self.model, config.optim)
+        self.scheduler = build_scheduler(self.optimizer, config.optim)
+        self.state = TrainState()
+        self.val_loader = make_loader(
+            val_set, config.batch_size, train=False, num_workers=config.num_workers
+        )
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.checkpoint_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.checkpoint_dir / "best.pt"
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.state.epoch,
+            "best_mAP": self.state.best_mAP,
+            "best_epoch": self.state.best_epoch,
+            "history": self.state.history,
+            "rng": _rng_state(),
+            "config": self.config.to_dict(),
+            "class_names": list(self.train_set.class_names),
+        }
+
+    def resume(self) -> bool:
+        """Continue from `last.pt` when it exists; return whether a checkpoint was loaded."""
+        if not self.last_path.exists():
+            return False
+        payload = load_checkpoint(self.last_path)
+        saved = payload["config"]
+        for key in ("variant", "profile", "dataset", "model", "image_size", "batch_size", "seed"):
+            if saved.get(key) != self.config.to_dict().get(key):
+                raise ValueError(
+                    f"{self.last_path} was written by a run with {key}={saved.get(key)!r}, "
+                    f"this run has {key}={self.config.to_dict().get(key)!r}; delete the checkpoint "
+                    "folder or choose another output folder"
+                )
+        if payload["class_names"] != list(self.train_set.class_names):
+            raise ValueError(f"{self.last_path} was trained on other classes than this dataset")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.state = TrainState(
+            epoch=payload["epoch"],
+            best_mAP=payload["best_mAP"],
+            best_epoch=payload["best_epoch"],
+            history=list(payload["history"]),
+        )
+        _set_rng_state(payload["rng"])
+        logger.info("resumed %s at epoch %d", self.last_path, self.state.epoch)
+        return True
+
+    # -- training ----------------------------------------------------------------------------
+    def train_one_epoch(self, epoch: int, bar: tqdm | None) -> dict[str, float]:
+        config = self.config
+        seed_everything(epoch_seed(config.seed, epoch))
+        loader = make_loader(
+            self.train_set,
+            config.batch_size,
+            train=True,
+            num_workers=config.num_workers,
+            seed=epoch_seed(config.seed, epoch),
+            pin_memory=self.device.type == "cuda",
+        )
+        self.model.train()
+        timer = BatchTimer(self.device)
+        loss_sum, seen = 0.0, 0
+        epoch_start = time.perf_counter()
+        timer.start()
+        for step, (images, targets, _) in enumerate(loader, start=1):
+            images = images.to(self.device, non_blocking=True)
+            targets = training_targets(targets, config.difficult_as).to(self.device)
+            logits = self.model(images)
+            loss = self.criterion(logits, targets)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at epoch {epoch}, step {step}; the last good "
+                    f"checkpoint is {self.last_path}. Lower the learning rate or check the data."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.optim.grad_clip_norm:
+                nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip_norm)
+            self.optimizer.step()
+            timer.stop()
+            loss_sum += loss.item() * images.shape[0]
+            seen += images.shape[0]
+            if bar is not None:
+                rate = seen / (time.perf_counter() - epoch_start)
+                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
+                bar.update(1)
+        self.scheduler.step()
+        return {
+            "train_loss": loss_sum / max(seen, 1),
+            "batch_time": timer.mean,
+            "train_seconds": time.perf_counter() - epoch_start,
+            "train_images_per_second": seen / (time.perf_counter() - epoch_start),
+        }
+
+    def fit(self, on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainState:
+        """Train until `config.epochs`, evaluating on the validation set after every epoch."""
+        config = self.config
+        steps_per_epoch = len(
+            make_loader(self.train_set, config.batch_size, train=True, num_workers=0)
+        )
+        remaining = max(config.epochs - self.state.epoch, 0)
+        bar = None
+        if self.progress and remaining:
+            bar = tqdm(
+                total=remaining * steps_per_epoch,
+                desc=f"{config.profile}/{config.variant}",
+                unit="batch",
+                mininterval=2.0,
+                dynamic_ncols=True,
+            )
+        try:
+            for epoch in range(self.state.epoch + 1, config.epochs + 1):
+                lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+                train_stats = self.train_one_epoch(epoch, bar)
+                eval_start = time.perf_counter()
+                metrics, _ = evaluate(self.model, self.val_loader, self.device)
+                record = {
+                    "epoch": epoch,
+                    **train_stats,
+                    "eval_seconds": time.perf_counter() - eval_start,
+                    "mAP": metrics["mAP"],
+                    "CF1": metrics["CF1"],
+                    "OF1": metrics["OF1"],
+                    **{f"lr_{name}": lr for name, lr in lrs.items()},
+                }
+                self.state.epoch = epoch
+                self.state.history.append(record)
+                improved = metrics["mAP"] > self.state.best_mAP
+                if improved:
+                    self.state.best_mAP = metrics["mAP"]
+                    self.state.best_epoch = epoch
+                payload = self._payload()
+                save_checkpoint(self.last_path, payload)
+                if improved:
+                    save_checkpoint(self.best_path, payload)
+                logger.info(
+                    "epoch %d/%d: loss %.4f, val mAP %.1f, CF1 %.1f, OF1 %.1f, %.2f s/batch%s",
+                    epoch,
+                    config.epochs,
+                    train_stats["train_loss"],
+                    100 * metrics["mAP"],
+                    100 * metrics["CF1"],
+                    100 * metrics["OF1"],
+                    train_stats["batch_time"] or float("nan"),
+                    " (best)" if improved else "",
+                )
+                if on_epoch_end is not None:
+                    on_epoch_end(record)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.state

@@ -1,0 +1,58 @@
+"""Execute the tables and figures notebooks so the book shows them with their outputs.
+
+The executed copies live with the results they show: `results/<profile>/tables.ipynb` and
+`results/figures/figures.ipynb`. The book renders those copies and never re-executes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import papermill
+
+from .batch import NOTEBOOK_DIR, REPO_ROOT, read_notebook
+
+logger = logging.getLogger(__name__)
+
+
+def execute(notebook: str, output: Path, parameters: dict) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("executing %s into %s", notebook, output)
+    papermill.execute_notebook(
+        read_notebook(NOTEBOOK_DIR / notebook),
+        str(output),
+        parameters=parameters,
+        cwd=str(NOTEBOOK_DIR),
+        progress_bar=False,
+    )
+    return output
+
+
+def build_report(
+    profile: str,
+    results_root: str | Path = REPO_ROOT / "results",
+    dataset: str = "coco-subset",
+    voc_dataset: str = "coco-subset-voc20",
+) -> list[Path]:
+    """Execute the tables notebook for a profile and the figures notebook; return their paths."""
+    results_root = Path(results_root).resolve()
+    written = [
+        execute(
+            "tables.py",
+            results_root / profile / "tables.ipynb",
+            dict(
+                profile=profile,
+                dataset=dataset,
+                voc_dataset=voc_dataset,
+                results_root=os.path.relpath(results_root, NOTEBOOK_DIR),
+            ),
+        ),
+        execute(
+            "figures.py",
+            results_root / "figures" / "figures.ipynb",
+            dict(output_dir=os.path.relpath(results_root / "figures", NOTEBOOK_DIR)),
+        ),
+    ]
+    return written

@@ -1,0 +1,210 @@
+"""One training run from parameters to result files, in the steps the training notebook shows.
+
+    config = resolve_run(...)            # profiles.py
+    train_set, val_set = build_run_data(config)
+    model = build_run_model(config, train_set.class_names)
+    trainer = Trainer(...); trainer.fit()
+    result = finish_run(config, trainer, run_dir, wall_seconds)
+
+Result files of a run, in `results/<profile>/<dataset>/<variant>/`:
+`metrics.json` (metrics of the best epoch, Table 3 columns, protocol, provenance),
+`history.csv` (one row per epoch), `predictions.csv` and `labels.csv` (the validation
+probabilities and labels behind the metrics, so `python -m msdgcn evaluate` can recompute them).
+Checkpoints go to `checkpoints/` in the same folder and stay out of git.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from . import provenance
+from .data import MultiLabelDataset, build_dataset, build_test_transform, build_train_transform
+from .engine import Trainer, evaluate, load_checkpoint, load_init_weights
+from .metrics import write_matrix_csv
+from .models import ModelConfig, build_model
+from .models.backbone import PYPI_LITE0_NORMALIZATION, PYPI_LITE0_SOURCE
+from .profiles import RunConfig
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+def run_dir_for(results_root: str | Path, config: RunConfig) -> Path:
+    return Path(results_root) / config.profile / config.dataset / config.variant
+
+
+def build_run_model(config: RunConfig, class_names: list[str]) -> torch.nn.Module:
+    """Build the variant's model with the dataset's class count and optional fine-tuning init."""
+    model_config = ModelConfig(**{**config.model, "num_classes": len(class_names)})
+    model = build_model(model_config)
+    if config.init_weights:
+        load_init_weights(model, config.init_weights)
+    return model
+
+
+def take_first(dataset: MultiLabelDataset, count: int | None) -> MultiLabelDataset:
+    """Return a copy holding only the first `count` images (all of them when count is None)."""
+    if count is None or count >= len(dataset):
+        return dataset
+    subset = copy.copy(dataset)
+    subset.image_ids = dataset.image_ids[:count]
+    subset.image_paths = dataset.image_paths[:count]
+    subset.targets = dataset.targets[:count]
+    return subset
+
+
+def normalisation(model: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Return the input mean and std that the variant's backbone weights expect.
+
+    The values come from the backbone's timm pretrained config (ImageNet's for ours), except for
+    the offline EfficientNet-Lite0 weights, which expect mean = std = 0.5.
+    """
+    if model.get("pretrained") == PYPI_LITE0_SOURCE:
+        return PYPI_LITE0_NORMALIZATION["mean"], PYPI_LITE0_NORMALIZATION["std"]
+    backbone = model.get("backbone", ModelConfig.backbone)
+    pretrained_cfg = timm.models.get_pretrained_cfg(backbone)
+    if pretrained_cfg is None:
+        raise ValueError(f"timm has no pretrained config for backbone {backbone!r}")
+    return tuple(pretrained_cfg.mean), tuple(pretrained_cfg.std)
+
+
+def build_run_data(config: RunConfig) -> tuple[MultiLabelDataset, MultiLabelDataset]:
+    """Read the training and validation splits with the official transforms."""
+    mean, std = normalisation(config.model)
+    train_set = build_dataset(
+        config.dataset, config.data_root, config.train_split, cache_images=config.cache_images
+    )
+    val_set = build_dataset(
+        config.dataset, config.data_root, config.val_split, cache_images=config.cache_images
+    )
+    train_set = take_first(train_set, config.max_train_images).with_transform(
+        build_train_transform(config.image_size, mean, std)
+    )
+    val_set = take_first(val_set, config.max_val_images).with_transform(
+        build_test_transform(config.image_size, mean, std)
+    )
+    if train_set.class_names != val_set.class_names:
+        raise ValueError(
+            f"{config.dataset}: the {config.train_split} and {config.val_split} splits list "
+            "different classes"
+        )
+    return train_set, val_set
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in history:
+        columns += [key for key in row if key not in columns]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def finish_run(
+    config: RunConfig,
+    trainer: Trainer,
+    run_dir: Path,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """Evaluate the best checkpoint again and write the run's result files.
+
+    The reported numbers are those of the epoch with the best validation mAP, which is how the
+    official ADD-GCN code reports them; on COCO and VOC the validation split is the test split.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    best = load_checkpoint(trainer.best_path)
+    model = trainer.model
+    model.load_state_dict(best["model"])
+    metrics, scores = evaluate(model, trainer.val_loader, trainer.device)
+
+    val_set, train_set = trainer.val_set, trainer.train_set
+    write_matrix_csv(run_dir / "predictions.csv", val_set.image_ids, val_set.class_names, scores)
+    write_matrix_csv(
+        run_dir / "labels.csv", val_set.image_ids, val_set.class_names, val_set.targets, fmt="%d"
+    )
+    history = trainer.state.history
+    _write_history(run_dir / "history.csv", history)
+
+    batch_times = [row["batch_time"] for row in history if row.get("batch_time") is not None]
+    best_row = next(row for row in history if row["epoch"] == trainer.state.best_epoch)
+    result = {
+        "variant": config.variant,
+        "profile": config.profile,
+        "dataset": config.dataset,
+        "description": config.description,
+        "class_names": list(val_set.class_names),
+        "table3": {
+            "mAP": metrics["mAP"],
+            "CF1": metrics["CF1"],
+            "OF1": metrics["OF1"],
+            "batch_time": sum(batch_times) / len(batch_times) if batch_times else None,
+            "average_loss": best_row["train_loss"],
+            "best_epoch": trainer.state.best_epoch,
+        },
+        "metrics": metrics,
+        "final_epoch": {k: history[-1][k] for k in ("epoch", "mAP", "CF1", "OF1", "train_loss")},
+        "protocol": {
+            "selection": "epoch with the best validation mAP (as the official ADD-GCN code reports)",
+            "train_split": config.train_split,
+            "val_split": config.val_split,
+            "image_size": config.image_size,
+            "epochs": config.epochs,
+            "batch_time": "mean seconds per training batch, data loading included, first batch "
+            "of each epoch excluded, averaged over epochs",
+            "average_loss": "mean training loss over the images of the best epoch",
+            **metrics["protocol"],
+        },
+        "provenance": {
+            "seed": config.seed,
+            "git": provenance.git_state(),
+            "packages": provenance.package_versions(),
+            "hardware": provenance.hardware(config.device),
+            "wall_seconds": wall_seconds,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "train_data": provenance.dataset_fingerprint(
+                train_set.image_ids, train_set.targets, train_set.class_names
+            ),
+            "val_data": provenance.dataset_fingerprint(
+                val_set.image_ids, val_set.targets, val_set.class_names
+            ),
+        },
+        "config": config.to_dict(),
+    }
+    # metrics.json is written last: its presence marks the run as finished for the batch command.
+    _write_json_atomic(run_dir / METRICS_FILE, result)
+    logger.info("wrote %s", run_dir / METRICS_FILE)
+    return result
+
+
+def train_run(config: RunConfig, run_dir: Path, resume: bool = True, progress: bool = True) -> dict:
+    """Run every step without a notebook: the entry point for scripts and `python -m msdgcn train`."""
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    train_set, val_set = build_run_data(config)
+    model = build_run_model(config, train_set.class_names)
+    trainer = Trainer(config, model, train_set, val_set, Path(run_dir) / "checkpoints", progress)
+    if resume:
+        trainer.resume()
+    trainer.fit()
+    return finish_run(config, trainer, run_dir, time.perf_counter() - start)

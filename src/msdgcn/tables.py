@@ -1,0 +1,167 @@
+"""The paper's Tables 1-3 with our measured rows, built from results files only.
+
+A cell of ours comes from a run's `metrics.json`; a row with no results file reads "not run" and
+never shows a number. The paper's numbers sit beside ours, marked as cited.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import paper_numbers as paper
+from .profiles import PROFILES
+
+logger = logging.getLogger(__name__)
+
+NOT_RUN = "not run"
+
+
+def load_runs(results_root: str | Path, profile: str, dataset: str) -> dict[str, dict[str, Any]]:
+    """Return {variant: metrics.json contents} for the finished runs of a profile and dataset."""
+    folder = Path(results_root) / profile / dataset
+    runs = {}
+    for path in sorted(folder.glob("*/metrics.json")):
+        try:
+            runs[path.parent.name] = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"results file {path} is not valid JSON ({error}); rerun that variant") from error
+    return runs
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 1)
+
+
+def _run_link(run: dict[str, Any]) -> str:
+    return f"results/{run['profile']}/{run['dataset']}/{run['variant']}/train_variant.ipynb"
+
+
+def run_scale(run: dict[str, Any]) -> str:
+    """Describe the scale of a run in a few words: backbone, image size, epochs, images, seed."""
+    config = run["config"]
+    fingerprint = run["provenance"]["train_data"]
+    return (
+        f"{config['model']['backbone']}, {config['image_size']} px, {config['epochs']} epochs, "
+        f"{fingerprint['images']} training images, seed {run['provenance']['seed']}"
+    )
+
+
+def table3(results_root: str | Path, profile: str, dataset: str, variants=("a", "b", "c", "d", "e")) -> pd.DataFrame:
+    """Table 3: the paper's ablation rows a-e, the paper's numbers beside ours."""
+    runs = load_runs(results_root, profile, dataset)
+    rows = []
+    for variant in variants:
+        cited = paper.TABLE3[variant]
+        row: dict[str, Any] = {"row": variant}
+        row.update({name: "✓" if on else "" for name, on in zip(paper.SWITCHES, cited["switches"])})
+        row.update(
+            {
+                "paper mAP": cited["mAP"],
+                "paper CF1": cited["CF1"],
+                "paper OF1": cited["OF1"],
+                "paper batch time (s)": cited["batch_time"],
+                "paper average loss": cited["average_loss"],
+                "paper best epoch": cited["best_epoch"] if cited["best_epoch"] is not None else "/",
+            }
+        )
+        row.update(_measured_table3(runs.get(variant)))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("row")
+
+
+def _measured_table3(run: dict[str, Any] | None) -> dict[str, Any]:
+    keys = ("our mAP", "our CF1", "our OF1", "our batch time (s)", "our average loss", "our best epoch", "our run")
+    if run is None:
+        return {key: NOT_RUN for key in keys}
+    t3 = run["table3"]
+    return {
+        "our mAP": _pct(t3["mAP"]),
+        "our CF1": _pct(t3["CF1"]),
+        "our OF1": _pct(t3["OF1"]),
+        "our batch time (s)": None if t3["batch_time"] is None else round(t3["batch_time"], 3),
+        "our average loss": round(t3["average_loss"], 4),
+        "our best epoch": t3["best_epoch"],
+        "our run": _run_link(run),
+    }
+
+
+def variant_table(results_root: str | Path, profile: str, dataset: str, variants) -> pd.DataFrame:
+    """Measured rows only (for example the head check): Table 3 columns, description and scale."""
+    runs = load_runs(results_root, profile, dataset)
+    rows = []
+    for variant in variants:
+        run = runs.get(variant)
+        description = PROFILES[profile].variants[variant].get("description", "")
+        row = {"variant": variant, "description": description}
+        measured = _measured_table3(run)
+        row.update({key.removeprefix("our "): value for key, value in measured.items()})
+        row["scale"] = run_scale(run) if run else NOT_RUN
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("variant")
+
+
+# Our variants that stand for rows of Table 1 (COCO) and Table 2 (VOC).
+MEASURED_ROWS = {"ResNet-101": ("gap", "head-gap"), "ADD-GCN": ("a", "head-a"), "Ours (paper)": ("e", "head-e")}
+
+
+def table1(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame:
+    """Table 1: all and top-3 metrics, the paper's rows (cited) and our measured rows."""
+    runs = load_runs(results_root, profile, dataset)
+    columns = [f"all {k}" for k in paper.METRIC_KEYS] + [f"top-3 {k}" for k in paper.TOP3_KEYS]
+    rows = []
+    for method, (all_values, top3_values) in paper.TABLE1.items():
+        rows.append({"method": method, "source": "cited by the paper", **dict(zip(columns, (*all_values, *top3_values)))})
+    for method, variants in MEASURED_ROWS.items():
+        for variant in variants:
+            run = runs.get(variant)
+            label = f"{method}: our variant {variant}"
+            if run is None:
+                rows.append({"method": label, "source": NOT_RUN, **{c: NOT_RUN for c in columns}})
+                continue
+            metrics = run["metrics"]
+            values = [_pct(metrics[k]) for k in paper.METRIC_KEYS]
+            values += [_pct(metrics["top3"][k]) for k in paper.TOP3_KEYS]
+            source = f"measured: {profile} profile, {dataset}, {run_scale(run)}"
+            rows.append({"method": label, "source": source, **dict(zip(columns, values))})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def table2(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame:
+    """Table 2: per-class AP on the 20 VOC classes, cited rows and our measured rows."""
+    runs = load_runs(results_root, profile, dataset)
+    columns = [*paper.VOC_CLASSES, "mAP"]
+    rows = []
+    for method, values in paper.TABLE2.items():
+        rows.append({"method": method, "source": "cited by the paper", **dict(zip(columns, values))})
+    for method, variants in MEASURED_ROWS.items():
+        for variant in variants:
+            run = runs.get(variant)
+            label = f"{method}: our variant {variant}"
+            if run is None:
+                rows.append({"method": label, "source": NOT_RUN, **{c: NOT_RUN for c in columns}})
+                continue
+            per_class = run["metrics"]["per_class_AP"]
+            missing = [name for name in paper.VOC_CLASSES if name not in per_class]
+            if missing:
+                raise ValueError(
+                    f"{_run_link(run)}: run has no AP for VOC classes {missing}; "
+                    "Table 2 needs a VOC-2007 or VOC-20-view run"
+                )
+            values = [_pct(per_class[name]) for name in paper.VOC_CLASSES]
+            values.append(_pct(run["metrics"]["mAP"]))
+            source = f"measured: {profile} profile, {dataset}, {run_scale(run)}"
+            rows.append({"method": label, "source": source, **dict(zip(columns, values))})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def save_table(table: pd.DataFrame, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path)
+    logger.info("wrote %s", path)
+    return path
