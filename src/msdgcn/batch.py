@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ OVERRIDES = (
     ("--seed", "seed", int),
     ("--device", "device", str),
     ("--num-workers", "num_workers", int),
+    ("--threads", "threads", int),
     ("--max-train-images", "max_train_images", int),
     ("--max-val-images", "max_val_images", int),
     ("--init-weights", "init_weights", str),
@@ -122,8 +125,15 @@ def run_batch(
     overrides: dict[str, Any] | None = None,
     notebook: Path = TRAIN_NOTEBOOK,
     kernel_name: str | None = None,
+    jobs: int = 1,
 ) -> list[Outcome]:
-    """Run the variants of a profile one after another and return what happened to each."""
+    """Run the variants of a profile and return what happened to each.
+
+    With `jobs` > 1, that many variants run at once in separate processes, each with
+    cores / jobs torch threads (recorded in its results), which changes the batch times it reports.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     variants = list(variants or DEFAULT_VARIANTS[profile])
@@ -140,8 +150,9 @@ def run_batch(
             "with --data-root"
         )
     results_root = Path(results_root).resolve()
-    source = read_notebook(notebook)
+    pending: list[dict[str, Any]] = []
     outcomes: list[Outcome] = []
+    threads = (overrides or {}).get("threads") or max(1, (os.cpu_count() or 1) // jobs)
     with BatchLock(results_root / profile / dataset):
         for variant in variants:
             run_dir = results_root / profile / dataset / variant
@@ -165,30 +176,65 @@ def run_batch(
                 progress=False,
                 **(overrides or {}),
             )
-            logger.info("%s: running %s into %s", variant, notebook.name, executed)
-            start = time.perf_counter()
-            try:
-                papermill.execute_notebook(
-                    source,
-                    str(executed),
+            if jobs > 1:
+                parameters.update(threads=threads, concurrent_runs=jobs)
+            pending.append(
+                dict(
+                    variant=variant,
+                    notebook=str(notebook),
+                    executed=str(executed),
                     parameters=parameters,
-                    cwd=str(notebook.parent),
                     kernel_name=kernel_name,
-                    progress_bar=False,
-                    log_output=False,
+                    title=f"Run: variant {variant} ({profile}, {dataset})",
                 )
-            except Exception as error:  # papermill wraps the notebook's own exception
-                seconds = time.perf_counter() - start
-                message = str(error).strip().splitlines()
-                summary = next((line for line in reversed(message) if line.strip()), repr(error))
-                logger.error("%s: failed after %.0f s: %s (see %s)", variant, seconds, summary, executed)
-                outcomes.append(Outcome(variant, "failed", seconds, executed, summary))
-                continue
-            seconds = time.perf_counter() - start
-            retitle(executed, f"Run: variant {variant} ({profile}, {dataset})")
-            logger.info("%s: done in %.0f s", variant, seconds)
-            outcomes.append(Outcome(variant, "done", seconds, executed))
-    return outcomes
+            )
+        if jobs == 1:
+            outcomes += [execute_variant(**task) for task in pending]
+        else:
+            # Separate processes, each with its own kernel: on a 2-core CPU two single-threaded
+            # runs finish about 1.5 times sooner than the same runs one after another on 2 threads.
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+                futures = [pool.submit(execute_variant, **task) for task in pending]
+                outcomes += [future.result() for future in futures]
+    order = {variant: i for i, variant in enumerate(variants)}
+    return sorted(outcomes, key=lambda outcome: order[outcome.variant])
+
+
+def execute_variant(
+    variant: str,
+    notebook: str,
+    executed: str,
+    parameters: dict[str, Any],
+    kernel_name: str | None,
+    title: str,
+) -> Outcome:
+    """Execute the training notebook for one variant; a failure is returned, not raised."""
+    if not logging.getLogger().handlers:  # a spawned worker process starts without handlers
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    notebook_path, executed_path = Path(notebook), Path(executed)
+    logger.info("%s: running %s into %s", variant, notebook_path.name, executed_path)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            read_notebook(notebook_path),
+            str(executed_path),
+            parameters=parameters,
+            cwd=str(notebook_path.parent),
+            kernel_name=kernel_name,
+            progress_bar=False,
+            log_output=False,
+        )
+    except Exception as error:  # papermill wraps the notebook's own exception
+        seconds = time.perf_counter() - start
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        summary = lines[-1] if lines else repr(error)
+        logger.error("%s: failed after %.0f s: %s (see %s)", variant, seconds, summary, executed_path)
+        return Outcome(variant, "failed", seconds, executed_path, summary)
+    seconds = time.perf_counter() - start
+    retitle(executed_path, title)
+    logger.info("%s: done in %.0f s", variant, seconds)
+    return Outcome(variant, "done", seconds, executed_path)
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,6 +246,9 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--results", default=str(REPO_ROOT / "results"), help="results root folder")
     parser.add_argument("--force", action="store_true", help="run finished variants again from scratch")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="variants to run at once, each in its own process (default 1)"
+    )
     for option, name, kind in OVERRIDES:
         parser.add_argument(option, dest=name, type=kind, default=None, help=f"override {name}")
 
@@ -214,6 +263,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         results_root=args.results,
         force=args.force,
         overrides=overrides,
+        jobs=args.jobs,
     )
     width = max(len(o.variant) for o in outcomes)
     for outcome in outcomes:

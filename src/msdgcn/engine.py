@@ -242,22 +242,30 @@ def make_loader(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
+def predict(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> np.ndarray:
     """Return sigmoid probabilities (N, C) in dataset order."""
     model.eval()
     scores = []
     for images, _, _ in loader:
-        logits = model(images.to(device, non_blocking=True))
+        logits = model(images.to(device, non_blocking=True, memory_format=memory_format))
         scores.append(torch.sigmoid(logits.float()).cpu())
     return torch.cat(scores).numpy().astype(np.float64)
 
 
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Score every image of the loader's dataset and compute the multi-label metrics."""
     dataset: MultiLabelDataset = loader.dataset
-    scores = predict(model, loader, device)
+    scores = predict(model, loader, device, memory_format)
     metrics = multilabel_metrics(scores, dataset.targets, dataset.class_names)
     return metrics, scores
 
@@ -276,7 +284,10 @@ class Trainer:
     ):
         self.config = config
         self.device = torch.device(config.device)
-        self.model = model.to(self.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.train_set = train_set
         self.val_set = val_set
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -359,7 +370,7 @@ class Trainer:
         epoch_start = time.perf_counter()
         timer.start()
         for step, (images, targets, _) in enumerate(loader, start=1):
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             targets = training_targets(targets, config.difficult_as).to(self.device)
             logits = self.model(images)
             loss = self.criterion(logits, targets)
@@ -409,7 +420,7 @@ class Trainer:
                 lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
                 train_stats = self.train_one_epoch(epoch, bar)
                 eval_start = time.perf_counter()
-                metrics, _ = evaluate(self.model, self.val_loader, self.device)
+                metrics, _ = evaluate(self.model, self.val_loader, self.device, self.memory_format)
                 record = {
                     "epoch": epoch,
                     **train_stats,

@@ -136,7 +136,7 @@ def finish_run(
     best = load_checkpoint(trainer.best_path)
     model = trainer.model
     model.load_state_dict(best["model"])
-    metrics, scores = evaluate(model, trainer.val_loader, trainer.device)
+    metrics, scores = evaluate(model, trainer.val_loader, trainer.device, trainer.memory_format)
 
     val_set, train_set = trainer.val_set, trainer.train_set
     write_matrix_csv(run_dir / "predictions.csv", val_set.image_ids, val_set.class_names, scores)
