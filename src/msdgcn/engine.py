@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .data import MultiLabelDataset, training_targets
 from .metrics import multilabel_metrics
 from .profiles import OptimConfig, RunConfig
+from .provenance import git_state
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,23 @@ def build_loss(name: str) -> nn.Module:
     raise ValueError(f"unknown loss {name!r}; choose 'multilabel_soft_margin' or 'bce'")
 
 
+def training_loss(criterion: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Apply the criterion, leaving out entries whose target is -1 (difficult, ignored).
+
+    Without ignored entries this is the criterion itself. With them, both criteria reduce to the
+    binary cross-entropy averaged over the entries that remain, which is what either computes
+    when nothing is ignored.
+    """
+    ignored = targets < 0
+    if not bool(ignored.any()):
+        return criterion(logits, targets)
+    kept = (~ignored).to(logits.dtype)
+    per_entry = nn.functional.binary_cross_entropy_with_logits(
+        logits, targets.clamp(min=0), reduction="none"
+    )
+    return (per_entry * kept).sum() / kept.sum().clamp(min=1)
+
+
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
     """Build SGD or Adam over two groups: the backbone at lr * backbone_lr_mult, the head at lr."""
     groups = model.parameter_groups(optim.lr, optim.backbone_lr_mult)
@@ -70,7 +88,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig):
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of one epoch; reseeding at every epoch start makes resume at an epoch boundary exact."""
+    """Return the seed of one epoch. Reseeding at every epoch start makes resume exact."""
     return (seed * 1_000_003 + epoch) % (2**31)
 
 
@@ -124,7 +142,7 @@ class BatchTimer:
 
 @dataclass
 class TrainState:
-    """What a checkpoint restores: the epoch done, the best score and the per-epoch history."""
+    """Training progress restored from a checkpoint: last finished epoch, best score, history."""
 
     epoch: int = 0
     best_mAP: float = -math.inf
@@ -162,14 +180,17 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint of ours; code that needs arbitrary unpickling is rejected, never run."""
+    """Load a checkpoint of ours. A file that needs arbitrary code to unpickle is rejected, not run."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -223,7 +244,7 @@ def make_loader(
     seed: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """Build a DataLoader; a training loader reshuffles with a generator seeded per epoch."""
+    """Build a DataLoader. A training loader shuffles with a generator seeded by the caller."""
     generator = torch.Generator()
     generator.manual_seed(seed)
     # BatchNorm in training mode fails on a batch of one sample, so such a last batch is dropped.
@@ -296,6 +317,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.optim)
         self.state = TrainState()
+        # The code version is read when training starts, not when the result files are written.
+        self.code_version = git_state()
         self.val_loader = make_loader(
             val_set, config.batch_size, train=False, num_workers=config.num_workers
         )
@@ -325,7 +348,7 @@ class Trainer:
         }
 
     def resume(self) -> bool:
-        """Continue from `last.pt` when it exists; return whether a checkpoint was loaded."""
+        """Continue from `last.pt` when it exists, and return whether a checkpoint was loaded."""
         if not self.last_path.exists():
             return False
         payload = load_checkpoint(self.last_path)
@@ -373,7 +396,7 @@ class Trainer:
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             targets = training_targets(targets, config.difficult_as).to(self.device)
             logits = self.model(images)
-            loss = self.criterion(logits, targets)
+            loss = training_loss(self.criterion, logits, targets)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss became {loss.item()} at epoch {epoch}, step {step}; the last good "

@@ -2,7 +2,7 @@
 
 A *variant* is one row of an experiment (Table 3 rows a-e, a baseline, a head-check row); a
 *profile* fixes the scale those variants run at (backbone depth, image size, schedule, dataset).
-Table 3 of the paper toggles four switches on top of ADD-GCN, each independent:
+Table 3 of Luo and Lin's MSD-GCN paper toggles four switches on top of ADD-GCN, each independent:
 
     (b) Res2Net backbone   (c) CBAM in every bottleneck   (d) GELU   (e) Adam + BCEWithLogitsLoss
 
@@ -280,8 +280,8 @@ def resolve_run(
 ) -> RunConfig:
     """Build the RunConfig of one variant: profile defaults, then the variant, then overrides.
 
-    `overrides` may set any RunConfig field; `model` and `optim` are merged key by key, and a
-    value of None in overrides means "keep the profile's value" (papermill passes every parameter).
+    `overrides` may set any RunConfig field, and `model` and `optim` are merged key by key.
+    A value of None keeps the profile's value, because papermill passes every notebook parameter.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
@@ -294,6 +294,8 @@ def resolve_run(
     merged = _merge(chosen.defaults, chosen.variants[variant])
     merged = _merge(merged, overrides or {}, skip_none=True)
     merged.update(variant=variant, profile=profile, dataset=dataset, data_root=str(data_root))
-    if dataset.startswith("voc") and merged.get("train_split") == "train":
-        merged["train_split"], merged["val_split"] = "trainval", "test"
+    # VOC 2007 trains on trainval and tests on test, where COCO has train and val.
+    if dataset.startswith("voc"):
+        merged.setdefault("train_split", "trainval")
+        merged.setdefault("val_split", "test")
     return RunConfig.from_dict(merged)

@@ -129,7 +129,7 @@ def finish_run(
     """Evaluate the best checkpoint again and write the run's result files.
 
     The reported numbers are those of the epoch with the best validation mAP, which is how the
-    official ADD-GCN code reports them; on COCO and VOC the validation split is the test split.
+    official ADD-GCN code reports them. On COCO and VOC the validation split is the test split.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def finish_run(
         },
         "provenance": {
             "seed": config.seed,
-            "git": provenance.git_state(),
+            "git": trainer.code_version,
             "packages": provenance.package_versions(),
             "hardware": provenance.hardware(config.device),
             "wall_seconds": wall_seconds,

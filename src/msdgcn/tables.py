@@ -1,4 +1,4 @@
-"""The paper's Tables 1-3 with our measured rows, built from results files only.
+"""Tables 1-3 of Luo and Lin's MSD-GCN paper with our measured rows, from results files only.
 
 A cell of ours comes from a run's `metrics.json`; a row with no results file reads "not run" and
 never shows a number. The paper's numbers sit beside ours, marked as cited.
