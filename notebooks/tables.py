@@ -29,7 +29,7 @@ results_root = "../results"  # relative to this notebook's folder
 from pathlib import Path
 
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
 
 from msdgcn import tables
 from msdgcn.profiles import DEFAULT_VARIANTS, PROFILES
@@ -56,7 +56,7 @@ display(
         "448 px, 50 epochs.*"
     )
 )
-table3
+HTML(tables.link_runs(table3).to_html(escape=False))
 
 # %% [markdown]
 # ## Head check: the switches that leave the backbone alone
@@ -70,7 +70,7 @@ head_variants = [v for v in DEFAULT_VARIANTS.get(profile, ()) if v.startswith("h
 if head_variants:
     head_check = tables.variant_table(results_root, profile, dataset, head_variants)
     tables.save_table(head_check, table_dir / f"head_check_{dataset}.csv")
-    display(head_check)
+    display(HTML(tables.link_runs(head_check).to_html(escape=False)))
 else:
     display(Markdown(f"The `{profile}` profile has no head-check rows."))
 

@@ -159,6 +159,27 @@ def table2(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame
     return pd.DataFrame(rows).set_index("method")
 
 
+def link_runs(table: pd.DataFrame, column: str = "our run") -> pd.DataFrame:
+    """Turn run paths into links to the executed notebooks, relative to a profile's tables page.
+
+    The tables page of a profile renders at `results/<profile>/tables.html`, and a run's
+    notebook at `results/<profile>/<dataset>/<variant>/train_variant.html`.
+    """
+    linked = table.copy()
+    for name in (column, column.removeprefix("our ")):
+        if name not in linked.columns:
+            continue
+
+        def to_link(path: Any) -> Any:
+            if not isinstance(path, str) or not path.startswith("results/"):
+                return path
+            relative = "/".join(path.split("/")[2:]).removesuffix(".ipynb") + ".html"
+            return f'<a href="{relative}">{relative.split("/")[1]}</a>'
+
+        linked[name] = linked[name].map(to_link)
+    return linked
+
+
 def save_table(table: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
