@@ -59,6 +59,14 @@ display(
 HTML(tables.link_runs(table3).to_html(escape=False))
 
 # %% [markdown]
+# A model that scores every image alike has an AP equal to each class's prevalence. That mean
+# prevalence is the floor for the mAP column above.
+
+# %%
+chance = tables.chance_mAP(results_root, profile, dataset)
+print("no run has saved labels yet" if chance is None else f"chance-level mAP on {dataset}: {100 * chance:.1f}")
+
+# %% [markdown]
 # ## Head check: the switches that leave the backbone alone
 #
 # These rows start from ImageNet weights, so their accuracy means something even at this small

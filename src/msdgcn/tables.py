@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from . import paper_numbers as paper
+from .metrics import read_matrix_csv
 from .profiles import PROFILES
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,22 @@ def table2(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame
             source = f"measured: {profile} profile, {dataset}, {run_scale(run)}"
             rows.append({"method": label, "source": source, **dict(zip(columns, values))})
     return pd.DataFrame(rows).set_index("method")
+
+
+def chance_mAP(results_root: str | Path, profile: str, dataset: str) -> float | None:
+    """Return the mAP of a model that gives every image the same scores, on a run's val labels.
+
+    With all scores tied, each class's AP equals its prevalence, so this is the mean prevalence
+    over classes with a positive: the floor that a trained model has to beat.
+    Returns None when no run of that profile and dataset has saved its labels.
+    """
+    for labels_path in sorted((Path(results_root) / profile / dataset).glob("*/labels.csv")):
+        _, _, targets = read_matrix_csv(labels_path)
+        counted = targets >= 0
+        positives = (targets == 1).sum(axis=0)
+        present = positives > 0
+        return float((positives[present] / counted.sum(axis=0)[present]).mean())
+    return None
 
 
 def link_runs(table: pd.DataFrame, column: str = "our run") -> pd.DataFrame:
