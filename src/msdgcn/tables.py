@@ -46,10 +46,14 @@ def run_scale(run: dict[str, Any]) -> str:
     """Describe the scale of a run in a few words: backbone, image size, epochs, images, seed."""
     config = run["config"]
     fingerprint = run["provenance"]["train_data"]
-    return (
+    scale = (
         f"{config['model']['backbone']}, {config['image_size']} px, {config['epochs']} epochs, "
         f"{fingerprint['images']} training images, seed {run['provenance']['seed']}"
     )
+    # Batch times depend on how many runs shared the machine, so say it when there were several.
+    if config.get("concurrent_runs", 1) > 1:
+        scale += f", {config['concurrent_runs']} runs at once with {config.get('threads')} thread(s) each"
+    return scale
 
 
 def table3(results_root: str | Path, profile: str, dataset: str, variants=("a", "b", "c", "d", "e")) -> pd.DataFrame:
