@@ -114,13 +114,9 @@ def variant_table(results_root: str | Path, profile: str, dataset: str, variants
 MEASURED_ROWS = {"ResNet-101": ("gap", "head-gap"), "ADD-GCN": ("a", "head-a"), "Ours (paper)": ("e", "head-e")}
 
 
-def table1(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame:
-    """Table 1: all and top-3 metrics, the paper's rows (cited) and our measured rows."""
-    runs = load_runs(results_root, profile, dataset)
-    columns = [f"all {k}" for k in paper.METRIC_KEYS] + [f"top-3 {k}" for k in paper.TOP3_KEYS]
+def _measured_rows(runs, profile: str, dataset: str, columns: list[str], values_of) -> list[dict]:
+    """Rows of ours for Tables 1 and 2: `values_of(run)` gives a measured row's cells."""
     rows = []
-    for method, (all_values, top3_values) in paper.TABLE1.items():
-        rows.append({"method": method, "source": "cited by the paper", **dict(zip(columns, (*all_values, *top3_values)))})
     for method, variants in MEASURED_ROWS.items():
         for variant in variants:
             run = runs.get(variant)
@@ -128,39 +124,47 @@ def table1(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame
             if run is None:
                 rows.append({"method": label, "source": NOT_RUN, **{c: NOT_RUN for c in columns}})
                 continue
-            metrics = run["metrics"]
-            values = [_pct(metrics[k]) for k in paper.METRIC_KEYS]
-            values += [_pct(metrics["top3"][k]) for k in paper.TOP3_KEYS]
             source = f"measured: {profile} profile, {dataset}, {run_scale(run)}"
-            rows.append({"method": label, "source": source, **dict(zip(columns, values))})
+            rows.append({"method": label, "source": source, **dict(zip(columns, values_of(run)))})
+    return rows
+
+
+def table1(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame:
+    """Table 1: all and top-3 metrics, the paper's rows (cited) and our measured rows."""
+    columns = [f"all {k}" for k in paper.METRIC_KEYS] + [f"top-3 {k}" for k in paper.TOP3_KEYS]
+    rows = [
+        {"method": method, "source": "cited by the paper", **dict(zip(columns, (*all_values, *top3_values)))}
+        for method, (all_values, top3_values) in paper.TABLE1.items()
+    ]
+
+    def values_of(run: dict[str, Any]) -> list[float | None]:
+        metrics = run["metrics"]
+        values = [_pct(metrics[k]) for k in paper.METRIC_KEYS]
+        return values + [_pct(metrics["top3"][k]) for k in paper.TOP3_KEYS]
+
+    rows += _measured_rows(load_runs(results_root, profile, dataset), profile, dataset, columns, values_of)
     return pd.DataFrame(rows).set_index("method")
 
 
 def table2(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame:
     """Table 2: per-class AP on the 20 VOC classes, cited rows and our measured rows."""
-    runs = load_runs(results_root, profile, dataset)
     columns = [*paper.VOC_CLASSES, "mAP"]
-    rows = []
-    for method, values in paper.TABLE2.items():
-        rows.append({"method": method, "source": "cited by the paper", **dict(zip(columns, values))})
-    for method, variants in MEASURED_ROWS.items():
-        for variant in variants:
-            run = runs.get(variant)
-            label = f"{method}: our variant {variant}"
-            if run is None:
-                rows.append({"method": label, "source": NOT_RUN, **{c: NOT_RUN for c in columns}})
-                continue
-            per_class = run["metrics"]["per_class_AP"]
-            missing = [name for name in paper.VOC_CLASSES if name not in per_class]
-            if missing:
-                raise ValueError(
-                    f"{_run_link(run)}: run has no AP for VOC classes {missing}; "
-                    "Table 2 needs a VOC-2007 or VOC-20-view run"
-                )
-            values = [_pct(per_class[name]) for name in paper.VOC_CLASSES]
-            values.append(_pct(run["metrics"]["mAP"]))
-            source = f"measured: {profile} profile, {dataset}, {run_scale(run)}"
-            rows.append({"method": label, "source": source, **dict(zip(columns, values))})
+    rows = [
+        {"method": method, "source": "cited by the paper", **dict(zip(columns, values))}
+        for method, values in paper.TABLE2.items()
+    ]
+
+    def values_of(run: dict[str, Any]) -> list[float | None]:
+        per_class = run["metrics"]["per_class_AP"]
+        missing = [name for name in paper.VOC_CLASSES if name not in per_class]
+        if missing:
+            raise ValueError(
+                f"{_run_link(run)}: run has no AP for VOC classes {missing}; "
+                "Table 2 needs a VOC-2007 or VOC-20-view run"
+            )
+        return [_pct(per_class[name]) for name in paper.VOC_CLASSES] + [_pct(run["metrics"]["mAP"])]
+
+    rows += _measured_rows(load_runs(results_root, profile, dataset), profile, dataset, columns, values_of)
     return pd.DataFrame(rows).set_index("method")
 
 
