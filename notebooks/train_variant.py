@@ -60,6 +60,7 @@ from msdgcn.profiles import resolve_run
 from msdgcn.run import build_run_data, build_run_model, finish_run, run_dir_for
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+pd.set_option("display.max_rows", 100)  # the per-class table lists up to 80 classes
 notebook_start = time.perf_counter()
 
 # %% [markdown]
@@ -164,7 +165,7 @@ summary.update(
     average_loss=round(result["table3"]["average_loss"], 4),
     seed=config.seed,
 )
-pd.Series(summary, name=f"{config.profile} / {config.dataset} / {config.variant}").to_frame()
+pd.Series(summary, name=f"{config.profile} / {config.dataset} / {config.variant}", dtype=object).to_frame()
 
 # %% [markdown]
 # Per-class average precision of the best epoch; classes without a positive in the validation
@@ -173,4 +174,4 @@ pd.Series(summary, name=f"{config.profile} / {config.dataset} / {config.variant}
 # %%
 per_class = pd.Series(result["metrics"]["per_class_AP"], name="AP", dtype=float).mul(100).round(1)
 print(f"classes without positives: {result['metrics']['classes_without_positives']}")
-per_class.sort_values(ascending=False).to_frame().T
+per_class.sort_values(ascending=False).to_frame().rename_axis("class")

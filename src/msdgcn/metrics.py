@@ -243,6 +243,9 @@ def _summarise_counts(
     }
 
 
+_WARNED_WITHOUT_POSITIVES: set[tuple[str, ...]] = set()
+
+
 def multilabel_metrics(
     scores,
     targets,
@@ -297,7 +300,9 @@ def multilabel_metrics(
             f"none of the {num_classes} classes has a positive label, so mAP is undefined. "
             "Check that the labels use 1 for present."
         )
-    if classes_without_positives:
+    # Evaluation repeats every epoch on the same labels, so each distinct list is logged once.
+    if classes_without_positives and tuple(classes_without_positives) not in _WARNED_WITHOUT_POSITIVES:
+        _WARNED_WITHOUT_POSITIVES.add(tuple(classes_without_positives))
         logger.warning(
             "%d of %d classes have no positive label and are left out of mAP: %s",
             len(classes_without_positives),
