@@ -195,3 +195,20 @@ def test_ignored_targets_leave_loss_out():
         assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     full = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
     assert engine.training_loss(build_loss("bce"), logits, full) == build_loss("bce")(logits, full)
+
+
+def test_missing_image_found_before_training(coco_subset_dir, tmp_path):
+    copy = tmp_path / "coco-subset"
+    copy.mkdir()
+    for name in ("annotations", "train.txt", "val.txt"):
+        source = coco_subset_dir / name
+        (copy / name).symlink_to(source, target_is_directory=source.is_dir())
+    (copy / "images").mkdir()
+    # Image 25 is the first id of train.txt, so the 6-image training subset includes it.
+    for image in (coco_subset_dir / "images").iterdir():
+        if image.name != "000000000025.jpg":
+            (copy / "images" / image.name).symlink_to(image)
+    config = tiny_config(copy)
+    with pytest.raises(FileNotFoundError, match="1 of 6 image files .* missing") as error:
+        build_run_data(config)
+    assert "000000000025.jpg" in str(error.value)

@@ -28,7 +28,13 @@ import timm
 import torch
 
 from . import provenance
-from .data import MultiLabelDataset, build_dataset, build_test_transform, build_train_transform
+from .data import (
+    MultiLabelDataset,
+    build_dataset,
+    build_test_transform,
+    build_train_transform,
+    check_images_exist,
+)
 from .engine import Trainer, evaluate, load_checkpoint, load_init_weights
 from .metrics import write_matrix_csv
 from .models import ModelConfig, build_model
@@ -94,6 +100,9 @@ def build_run_data(config: RunConfig) -> tuple[MultiLabelDataset, MultiLabelData
     val_set = take_first(val_set, config.max_val_images).with_transform(
         build_test_transform(config.image_size, mean, std)
     )
+    # A missing file fails here, in seconds, instead of in the middle of an epoch.
+    check_images_exist(train_set)
+    check_images_exist(val_set)
     if train_set.class_names != val_set.class_names:
         raise ValueError(
             f"{config.dataset}: the {config.train_split} and {config.val_split} splits list "
