@@ -44,7 +44,7 @@ from msdgcn import figures
 figures.set_style()
 figure_dir = Path(output_dir)
 figure_dir.mkdir(parents=True, exist_ok=True)
-print(f"figures are written to {figure_dir.resolve()}")
+print(f"figures are written to {figure_dir} (relative to the notebooks folder)")
 
 # %% [markdown]
 # ## Leaky ReLU and GELU

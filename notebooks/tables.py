@@ -35,6 +35,7 @@ from msdgcn import tables
 from msdgcn.profiles import DEFAULT_VARIANTS, PROFILES
 
 pd.set_option("display.max_columns", 40)
+pd.set_option("display.max_colwidth", None)  # run scales and recipes are read in full
 table_dir = Path(results_root) / profile / "tables"
 runs = tables.load_runs(results_root, profile, dataset)
 display(Markdown(f"**Profile `{profile}`.** {PROFILES[profile].description}"))
@@ -78,6 +79,8 @@ head_variants = [v for v in DEFAULT_VARIANTS.get(profile, ()) if v.startswith("h
 if head_variants:
     head_check = tables.variant_table(results_root, profile, dataset, head_variants)
     tables.save_table(head_check, table_dir / f"head_check_{dataset}.csv")
+    head_scales = sorted({tables.run_scale(runs[v]) for v in head_variants if v in runs})
+    display(Markdown(f"*Head check on `{dataset}`: {'; '.join(head_scales) or 'no run yet'}.*"))
     display(HTML(tables.link_runs(head_check).to_html(escape=False)))
 else:
     display(Markdown(f"The `{profile}` profile has no head-check rows."))
@@ -85,21 +88,28 @@ else:
 # %% [markdown]
 # ## Table 1: MS-COCO, all labels and top-3
 #
-# The cited rows are the paper's; our rows are the variants that stand for the ResNet baseline
-# (GAP), ADD-GCN (row a) and the paper's model (row e), each with its scale.
+# The cited rows are as the paper prints them. Our rows are named by what ran (model, backbone,
+# initialisation, variant), each with its scale and a link to its run; they are far smaller runs
+# than the paper's and are not comparable to its numbers.
 
 # %%
 table1 = tables.table1(results_root, profile, dataset)
 tables.save_table(table1, table_dir / f"table1_{dataset}.csv")
-table1
+missing = tables.not_run(results_root, profile, dataset)
+print(f"variants not run on {dataset}: {', '.join(missing) or 'none'}")
+HTML(tables.link_runs(table1).to_html(escape=False))
 
 # %% [markdown]
 # ## Table 2: PASCAL VOC 2007 per-class AP
 #
-# On this machine the VOC code path runs on the VOC-20 view of coco-subset (its 20 VOC classes,
-# renamed), so a measured row here is a check of that path, not a VOC-2007 result.
+# On this machine the VOC code path can run on the VOC-20 view of coco-subset (its 20 VOC
+# classes, renamed), so a measured row here would check that path, not reproduce a VOC-2007
+# result. The main job does not run it; `python -m msdgcn batch --dataset coco-subset-voc20
+# --data-root ../shared/data/coco-subset --variants head-gap head-e` adds such rows.
 
 # %%
 table2 = tables.table2(results_root, profile, voc_dataset)
 tables.save_table(table2, table_dir / f"table2_{voc_dataset}.csv")
-table2
+missing = tables.not_run(results_root, profile, voc_dataset)
+print(f"variants not run on {voc_dataset}: {', '.join(missing) or 'none'}")
+HTML(tables.link_runs(table2).to_html(escape=False))

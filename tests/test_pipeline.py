@@ -64,6 +64,19 @@ def test_rerun_skips_finished_variants(smoke_results, coco_subset_dir):
     assert [(o.variant, o.status) for o in outcomes] == [("a", "skipped")]
 
 
+def test_rerun_with_other_parameters_rejected(smoke_results, coco_subset_dir):
+    results, _ = smoke_results
+    with pytest.raises(ValueError, match="epochs: 1 -> 2") as error:
+        run_batch(
+            "smoke", "coco-subset", coco_subset_dir, results_root=results, variants=["a"], overrides={"epochs": 2}
+        )
+    assert "--force" in str(error.value)
+    outcomes = run_batch(
+        "smoke", "coco-subset", coco_subset_dir, results_root=results, variants=["a"], overrides={"threads": 1}
+    )
+    assert [(o.variant, o.status) for o in outcomes] == [("a", "skipped")]
+
+
 def test_failed_variant_does_not_stop_batch(tmp_path, coco_subset_dir):
     command = [
         sys.executable, "-m", "msdgcn", "batch", "--profile", "smoke", "--dataset", "coco-subset",
@@ -94,7 +107,9 @@ def test_tables_hold_measured_and_missing_rows(report):
     assert float(table3.loc["e", "paper mAP"]) == 87.1
     table1 = pd.read_csv(report / "smoke" / "tables" / "table1_coco-subset.csv", index_col="method")
     assert float(table1.loc["ADD-GCN", "all mAP"]) == 84.2
-    assert table1.loc["ADD-GCN: our variant a", "source"].startswith("measured: smoke profile")
+    ours = "ours: ADD-GCN, resnet18, random init (a)"
+    assert table1.loc[ours, "source"] == "measured: smoke profile, coco-subset"
+    assert table1.loc[ours, "scale"].startswith("resnet18, 64 px, 1 epochs, 12 training images, seed 0")
 
 
 def test_figures_written(report):
@@ -108,6 +123,7 @@ def test_book_builds_with_runs(report, repo_root, tmp_path):
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(repo_root / name, book / name)
     shutil.copytree(repo_root / "book", book / "book", ignore=shutil.ignore_patterns("_build"))
+    shutil.copytree(repo_root / "benchmarks" / "results", book / "benchmarks" / "results")
     shutil.copytree(report, book / "results")
     jupyter_book = shutil.which("jupyter-book", path=str(repo_root / ".venv" / "bin")) or "jupyter-book"
     finished = subprocess.run(
@@ -126,3 +142,4 @@ def test_book_builds_with_runs(report, repo_root, tmp_path):
     assert "87.1" in tables_page
     assert (html / "results" / "figures" / "figures.html").exists()
     assert (html / "book" / "method.html").exists()
+    assert "images_per_second" in (html / "book" / "benchmarks.html").read_text()

@@ -21,7 +21,12 @@ def write_run(root, variant, mAP=0.5):
         "dataset": "coco-subset",
         "table3": {"mAP": mAP, "CF1": 0.4, "OF1": 0.45, "batch_time": 1.234, "average_loss": 0.0812, "best_epoch": 2},
         "metrics": {"mAP": mAP, **metrics, "top3": dict(metrics), "per_class_AP": {}},
-        "config": {"model": {"backbone": "resnet50"}, "image_size": 128, "epochs": 2},
+        "config": {
+            "model": {"backbone": "resnet50", "pretrained": None},
+            "image_size": 128,
+            "epochs": 2,
+            "optim": {"optimizer": "adam", "loss": "bce", "lr": 0.003, "backbone_lr_mult": 0.1, "milestones": [5], "gamma": 0.1},
+        },
         "provenance": {"seed": 0, "train_data": {"images": 514}},
     }
     (run_dir / "metrics.json").write_text(json.dumps(run))
@@ -39,21 +44,30 @@ def test_table3_measured_and_not_run(tmp_path):
         assert table.loc[row, "our batch time (s)"] == "not run"
 
 
-def test_table3_switch_marks(tmp_path):
+def test_table3_switch_column(tmp_path):
     table = tables.table3(tmp_path, "cpu", "coco-subset")
-    assert table.loc["a", "Res2Net"] == ""
-    assert table.loc["c", "CBAM"] == "✓"
-    assert table.loc["e", "Adam"] == "✓"
-    assert table.loc["d", "Adam"] == ""
+    assert table.loc["a", "switches on ADD-GCN"] == "none"
+    assert table.loc["c", "switches on ADD-GCN"] == "Res2Net + CBAM"
+    assert table.loc["e", "switches on ADD-GCN"] == "Res2Net + CBAM + GELU + BCEWithLogitsLoss + Adam"
 
 
-def test_table1_scale_in_source(tmp_path):
+def test_table1_names_what_ran(tmp_path):
     write_run(tmp_path, "e")
     table = tables.table1(tmp_path, "cpu", "coco-subset")
-    source = table.loc["Ours (paper): our variant e", "source"]
-    assert "resnet50, 128 px, 2 epochs, 514 training images, seed 0" in source
-    assert table.loc["Ours (paper): our variant e", "all mAP"] == 50.0
-    assert table.loc["ADD-GCN: our variant a", "all mAP"] == "not run"
+    name = "ours: MSD-GCN (switches b-e), resnet50, random init (e)"
+    assert table.loc[name, "scale"] == "resnet50, 128 px, 2 epochs, 514 training images, seed 0"
+    assert table.loc[name, "all mAP"] == 50.0
+    assert table.loc[name, "run"] == "results/cpu/coco-subset/e/train_variant.ipynb"
+    assert table.loc["MSD-GCN (paper)", "all mAP"] == 87.1
+    assert table.loc["DecoupleNet", "top-3 CP"] == "not reported"
+    assert tables.not_run(tmp_path, "cpu", "coco-subset") == ["gap", "head-gap", "a", "head-a", "head-e"]
+
+
+def test_recipe_names_lr_and_schedule(tmp_path):
+    write_run(tmp_path, "head-e")
+    table = tables.variant_table(tmp_path, "cpu", "coco-subset", ["head-e", "head-a"])
+    assert table.loc["head-e", "recipe"] == "adam + bce, lr 0.003 (backbone x0.1), lr x0.1 after epoch 5"
+    assert table.loc["head-a", "recipe"] == "not run"
 
 
 def test_table2_rejects_coco_run(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import multiprocessing
 import os
@@ -24,7 +25,7 @@ import jupytext
 import nbformat
 import papermill
 
-from .profiles import DEFAULT_VARIANTS, PROFILES
+from .profiles import DEFAULT_VARIANTS, PROFILES, resolve_run
 from .run import METRICS_FILE
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,29 @@ OVERRIDES = (
 )
 
 
+# Parameters that do not change what a run computes, so a finished run may differ in them.
+RUN_ONLY_PARAMETERS = ("data_root", "device", "num_workers", "threads", "concurrent_runs", "cache_images", "description")
+
+
+def requested_config(profile: str, variant: str, dataset: str, data_root: Path, overrides: dict) -> dict:
+    """Resolve the configuration the training notebook would build from these batch parameters."""
+    values = {name: value for name, value in overrides.items() if name != "learning_rate"}
+    if overrides.get("learning_rate") is not None:
+        values["optim"] = {"lr": overrides["learning_rate"]}
+    return resolve_run(profile, variant, dataset, str(data_root), values).to_dict()
+
+
+def config_differences(stored: dict, requested: dict) -> list[str]:
+    """List `name: stored -> requested` for the parameters that change what a run computes."""
+    differences = []
+    for key in sorted(set(stored) | set(requested)):
+        if key in RUN_ONLY_PARAMETERS:
+            continue
+        if stored.get(key) != requested.get(key):
+            differences.append(f"{key}: {stored.get(key)!r} -> {requested.get(key)!r}")
+    return differences
+
+
 @dataclass
 class Outcome:
     variant: str
@@ -64,14 +88,27 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
     return jupytext.read(path)
 
 
-def retitle(notebook_path: Path, title: str) -> None:
-    """Replace the executed notebook's first heading so each run has its own page title."""
+def tidy_executed(notebook_path: Path, title: str | None = None) -> None:
+    """Make an executed notebook reproducible as a file and give it its own page title.
+
+    Papermill stores absolute paths and timings, and nbformat draws random cell ids, so two
+    executions with the same outputs would differ as files. Those fields are dropped and cell ids
+    numbered; `title` replaces the first heading.
+    """
     notebook = nbformat.read(notebook_path, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "markdown" and cell.source.startswith("# "):
-            first, _, rest = cell.source.partition("\n")
-            cell.source = f"# {title}\n{rest}"
-            break
+    papermill_metadata = notebook.metadata.get("papermill", {})
+    for key in ("input_path", "output_path", "start_time", "end_time", "duration", "environment_variables"):
+        papermill_metadata.pop(key, None)
+    for index, cell in enumerate(notebook.cells):
+        cell.id = f"cell-{index}"
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    if title is not None:
+        for cell in notebook.cells:
+            if cell.cell_type == "markdown" and cell.source.startswith("# "):
+                _, _, rest = cell.source.partition("\n")
+                cell.source = f"# {title}\n{rest}"
+                break
     nbformat.write(notebook, notebook_path)
 
 
@@ -158,6 +195,15 @@ def run_batch(
             run_dir = results_root / profile / dataset / variant
             executed = run_dir / EXECUTED_NAME
             if (run_dir / METRICS_FILE).exists() and not force:
+                stored = json.loads((run_dir / METRICS_FILE).read_text())["config"]
+                requested = requested_config(profile, variant, dataset, data_root, overrides or {})
+                differences = config_differences(stored, requested)
+                if differences:
+                    raise ValueError(
+                        f"{run_dir / METRICS_FILE} holds a finished run with other parameters "
+                        f"({'; '.join(differences)}). Write this run elsewhere with --results, "
+                        "or replace the finished one with --force."
+                    )
                 logger.info("%s: finished before, skipped (use --force to run it again)", variant)
                 outcomes.append(Outcome(variant, "skipped", 0.0, executed))
                 continue
@@ -191,8 +237,9 @@ def run_batch(
         if jobs == 1:
             outcomes += [execute_variant(**task) for task in pending]
         else:
-            # Separate processes, each with its own kernel: on a 2-core CPU two single-threaded
-            # runs finish about 1.5 times sooner than the same runs one after another on 2 threads.
+            # Separate processes, each with its own kernel: on the 2-core reference machine two
+            # single-threaded runs train 1.26 times as many images per second as one run on two
+            # threads (benchmarks/parallel_runs.py).
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
                 futures = [pool.submit(execute_variant, **task) for task in pending]
@@ -232,7 +279,7 @@ def execute_variant(
         logger.error("%s: failed after %.0f s: %s (see %s)", variant, seconds, summary, executed_path)
         return Outcome(variant, "failed", seconds, executed_path, summary)
     seconds = time.perf_counter() - start
-    retitle(executed_path, title)
+    tidy_executed(executed_path, title)
     logger.info("%s: done in %.0f s", variant, seconds)
     return Outcome(variant, "done", seconds, executed_path)
 

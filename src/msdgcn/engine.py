@@ -353,7 +353,10 @@ class Trainer:
             return False
         payload = load_checkpoint(self.last_path)
         saved = payload["config"]
-        for key in ("variant", "profile", "dataset", "model", "image_size", "batch_size", "seed"):
+        # Every parameter that changes the computation must match; epochs may grow (longer run).
+        compared = ("variant", "profile", "dataset", "model", "optim", "image_size", "batch_size", "seed",
+                    "max_train_images", "max_val_images", "difficult_as")  # fmt: skip
+        for key in compared:
             if saved.get(key) != self.config.to_dict().get(key):
                 raise ValueError(
                     f"{self.last_path} was written by a run with {key}={saved.get(key)!r}, "

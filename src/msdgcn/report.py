@@ -12,7 +12,7 @@ from pathlib import Path
 
 import papermill
 
-from .batch import NOTEBOOK_DIR, REPO_ROOT, read_notebook
+from .batch import NOTEBOOK_DIR, REPO_ROOT, read_notebook, tidy_executed
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ def execute(notebook: str, output: Path, parameters: dict) -> Path:
         cwd=str(NOTEBOOK_DIR),
         progress_bar=False,
     )
+    tidy_executed(output)
     return output
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,11 @@ def load_runs(results_root: str | Path, profile: str, dataset: str) -> dict[str,
         except json.JSONDecodeError as error:
             raise ValueError(f"results file {path} is not valid JSON ({error}); rerun that variant") from error
     return runs
+
+
+def _reported(*values: float) -> list[float | str]:
+    """Replace the paper's "-" (stored as NaN) by the words "not reported"."""
+    return ["not reported" if math.isnan(value) else value for value in values]
 
 
 def _pct(value: float | None) -> float | None:
@@ -62,8 +68,8 @@ def table3(results_root: str | Path, profile: str, dataset: str, variants=("a", 
     rows = []
     for variant in variants:
         cited = paper.TABLE3[variant]
-        row: dict[str, Any] = {"row": variant}
-        row.update({name: "✓" if on else "" for name, on in zip(paper.SWITCHES, cited["switches"])})
+        switches = [name for name, on in zip(paper.SWITCHES, cited["switches"]) if on]
+        row: dict[str, Any] = {"row": variant, "switches on ADD-GCN": " + ".join(switches) or "none"}
         row.update(
             {
                 "paper mAP": cited["mAP"],
@@ -95,8 +101,19 @@ def _measured_table3(run: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def recipe(run: dict[str, Any]) -> str:
+    """Describe a run's optimizer, loss and learning-rate schedule in one line."""
+    optim = run["config"]["optim"]
+    milestones = optim["milestones"]
+    schedule = f", lr x{optim['gamma']:g} after epoch {', '.join(map(str, milestones))}" if milestones else ""
+    return (
+        f"{optim['optimizer']} + {optim['loss']}, lr {optim['lr']:g} "
+        f"(backbone x{optim['backbone_lr_mult']:g}){schedule}"
+    )
+
+
 def variant_table(results_root: str | Path, profile: str, dataset: str, variants) -> pd.DataFrame:
-    """Measured rows only (for example the head check): Table 3 columns, description and scale."""
+    """Measured rows only (for example the head check): Table 3 columns, description and recipe."""
     runs = load_runs(results_root, profile, dataset)
     rows = []
     for variant in variants:
@@ -105,35 +122,60 @@ def variant_table(results_root: str | Path, profile: str, dataset: str, variants
         row = {"variant": variant, "description": description}
         measured = _measured_table3(run)
         row.update({key.removeprefix("our "): value for key, value in measured.items()})
-        row["scale"] = run_scale(run) if run else NOT_RUN
+        row["recipe"] = recipe(run) if run else NOT_RUN
         rows.append(row)
     return pd.DataFrame(rows).set_index("variant")
 
 
-# Our variants that stand for rows of Table 1 (COCO) and Table 2 (VOC).
-MEASURED_ROWS = {"ResNet-101": ("gap", "head-gap"), "ADD-GCN": ("a", "head-a"), "Ours (paper)": ("e", "head-e")}
+# Our variants that correspond to rows of Tables 1 and 2, in the order of the paper's rows.
+MEASURED_VARIANTS = ("gap", "head-gap", "a", "head-a", "e", "head-e")
+
+MODEL_NAMES = {"gap": "GAP baseline", "a": "ADD-GCN", "e": "MSD-GCN (switches b-e)"}
+HEAD_NAMES = {"head-gap": "GAP baseline", "head-a": "ADD-GCN head", "head-e": "ADD-GCN head + GELU + Adam/BCE"}
+
+
+def row_name(run: dict[str, Any]) -> str:
+    """Name a measured row by what ran: model, backbone, initialisation and variant."""
+    variant, model = run["variant"], run["config"]["model"]
+    name = MODEL_NAMES.get(variant) or HEAD_NAMES.get(variant) or variant
+    weights = "ImageNet init" if model.get("pretrained") else "random init"
+    return f"ours: {name}, {model['backbone']}, {weights} ({variant})"
 
 
 def _measured_rows(runs, profile: str, dataset: str, columns: list[str], values_of) -> list[dict]:
-    """Rows of ours for Tables 1 and 2: `values_of(run)` gives a measured row's cells."""
+    """Rows of ours for Tables 1 and 2; `values_of(run)` gives a measured row's cells.
+
+    Variants without a results file get no row here: the notebook lists them as not run.
+    """
     rows = []
-    for method, variants in MEASURED_ROWS.items():
-        for variant in variants:
-            run = runs.get(variant)
-            label = f"{method}: our variant {variant}"
-            if run is None:
-                rows.append({"method": label, "source": NOT_RUN, **{c: NOT_RUN for c in columns}})
-                continue
-            source = f"measured: {profile} profile, {dataset}, {run_scale(run)}"
-            rows.append({"method": label, "source": source, **dict(zip(columns, values_of(run)))})
+    for variant in MEASURED_VARIANTS:
+        run = runs.get(variant)
+        if run is None:
+            continue
+        rows.append(
+            {
+                "method": row_name(run),
+                "source": f"measured: {profile} profile, {dataset}",
+                "scale": run_scale(run),
+                "run": _run_link(run),
+                **dict(zip(columns, values_of(run))),
+            }
+        )
     return rows
+
+
+def not_run(results_root: str | Path, profile: str, dataset: str) -> list[str]:
+    """Return the variants of Tables 1 and 2 that have no results file for this dataset."""
+    runs = load_runs(results_root, profile, dataset)
+    known = PROFILES[profile].variants
+    return [v for v in MEASURED_VARIANTS if v in known and v not in runs]
 
 
 def table1(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame:
     """Table 1: all and top-3 metrics, the paper's rows (cited) and our measured rows."""
     columns = [f"all {k}" for k in paper.METRIC_KEYS] + [f"top-3 {k}" for k in paper.TOP3_KEYS]
     rows = [
-        {"method": method, "source": "cited by the paper", **dict(zip(columns, (*all_values, *top3_values)))}
+        {"method": method, "source": "cited by the paper", **dict(zip(columns, _reported(*all_values, *top3_values)))}
         for method, (all_values, top3_values) in paper.TABLE1.items()
     ]
 
@@ -150,7 +192,7 @@ def table2(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame
     """Table 2: per-class AP on the 20 VOC classes, cited rows and our measured rows."""
     columns = [*paper.VOC_CLASSES, "mAP"]
     rows = [
-        {"method": method, "source": "cited by the paper", **dict(zip(columns, values))}
+        {"method": method, "source": "cited by the paper", **dict(zip(columns, _reported(*values)))}
         for method, values in paper.TABLE2.items()
     ]
 

@@ -94,7 +94,9 @@ class DynamicGCN(nn.Module):
         self.activation = make_activation(activation)
 
     def forward_static_gcn(self, nodes: Tensor) -> Tensor:
-        """Apply H = LReLU(A_s V W_s) to nodes (B, D1, C); return (B, D1, C).
+        """Compute the static part f(f(A_s V) W_s + b_s) of H; nodes (B, D1, C) to (B, D1, C).
+
+        The paper writes H = LReLU(A_s V W_s); `forward` adds the residual, H = V + this part.
 
         A_s (C, C) mixes the nodes (row i gives node i), then W_s maps the features. As in the
         ADD-GCN reference implementation, each of the two steps has its own activation.
