@@ -15,6 +15,7 @@ import copy
 import json
 import logging
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,18 @@ class ImageDecodeError(ValueError):
     """An image file that is missing, empty, truncated or not an image."""
 
 
-def load_image(path: str | Path) -> Image.Image:
+# PIL's own limit (about 89.5 million pixels); larger headers are treated as decompression bombs.
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+def load_image(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an image file into an RGB PIL image, rotated upright by its EXIF orientation.
 
-    Raises ImageDecodeError, naming the file, when the file is missing, empty, truncated or
-    not an image. PIL's LOAD_TRUNCATED_IMAGES stays off, so a truncated JPEG fails here
-    instead of training on a grey-filled image.
+    Handles grayscale, palette, RGBA (composited over white), CMYK, 16-bit and animated images
+    (the first frame). Raises ImageDecodeError, naming the file, when the file is missing, empty,
+    truncated or not an image, or when its header claims more than `max_pixels` pixels. PIL's
+    LOAD_TRUNCATED_IMAGES stays off, so a truncated JPEG fails here instead of training on a
+    grey-filled image.
     """
     path = Path(path)
     advice = "Re-download the image, or remove its id from the split's id list."
@@ -92,13 +99,56 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageDecodeError(f"image file is empty (0 bytes): {path}. {advice}")
 
     try:
-        with Image.open(path) as image:
-            # load() decodes all pixel data now, so a truncated file raises inside this try.
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            return upright.convert("RGB")
+        with warnings.catch_warnings():
+            # PIL only warns between 1x and 2x its pixel limit; here any excess is an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageDecodeError(
+                        f"image file {path} claims {width} x {height} = {width * height} pixels, above "
+                        f"the limit of {max_pixels} (a decompression bomb or a corrupt header). {advice}"
+                    )
+                # load() decodes all pixel data now, so a truncated file raises inside this try.
+                image.load()
+                return to_rgb(ImageOps.exif_transpose(image))
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageDecodeError(f"image file {path} is too large to decode safely: {error}. {advice}") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageDecodeError(f"cannot decode image file {path}: {error}. {advice}") from error
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB.
+
+    16-bit and 32-bit integer images are scaled from 0-65535 to 0-255 (a plain convert would clip
+    them), and images with transparency are composited over white, as an image viewer shows them.
+    """
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        values = np.asarray(image, dtype=np.float64)
+        scaled = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def find_unreadable_images(dataset: "MultiLabelDataset") -> list[tuple[int, str]]:
+    """Decode every image of a dataset once; return (index, error message) of those that fail."""
+    failures = []
+    for index, path in enumerate(dataset.image_paths):
+        try:
+            load_image(path)
+        except ImageDecodeError as error:
+            failures.append((index, str(error)))
+    return failures
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +213,8 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         self.dropped_unlabeled = int(dropped_unlabeled)
         self.difficult_as = difficult_as
         # Shared by copies from with_transform, so train and val views decode each image once.
-        self._image_cache: dict[int, Image.Image] = {}
+        # Keyed by path, so copies with fewer rows (take_first, without_rows) can share it.
+        self._image_cache: dict[Path, Image.Image] = {}
 
     @property
     def num_classes(self) -> int:
@@ -184,11 +235,22 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         """Decode image `index` with `load_image`, or take it from the cache when enabled."""
         if not self.cache_images:
             return load_image(self.image_paths[index])
-        cached = self._image_cache.get(index)
+        path = self.image_paths[index]
+        cached = self._image_cache.get(path)
         if cached is None:
-            cached = load_image(self.image_paths[index])
-            self._image_cache[index] = cached
+            cached = load_image(path)
+            self._image_cache[path] = cached
         return cached
+
+    def without_rows(self, rows: Sequence[int]) -> MultiLabelDataset:
+        """Return a copy without the given row indices (for example unreadable images)."""
+        drop = set(rows)
+        keep = [i for i in range(len(self)) if i not in drop]
+        subset = copy.copy(self)
+        subset.image_ids = [self.image_ids[i] for i in keep]
+        subset.image_paths = [self.image_paths[i] for i in keep]
+        subset.targets = self.targets[keep]
+        return subset
 
     def with_transform(self, transform: Callable[[Image.Image], Any] | None) -> MultiLabelDataset:
         """Return a shallow copy that applies `transform`. Targets, paths and cache are shared."""

@@ -29,11 +29,13 @@ import torch
 
 from . import provenance
 from .data import (
+    ImageDecodeError,
     MultiLabelDataset,
     build_dataset,
     build_test_transform,
     build_train_transform,
     check_images_exist,
+    find_unreadable_images,
 )
 from .engine import Trainer, evaluate, load_checkpoint, load_init_weights
 from .metrics import write_matrix_csv
@@ -103,12 +105,38 @@ def build_run_data(config: RunConfig) -> tuple[MultiLabelDataset, MultiLabelData
     # A missing file fails here, in seconds, instead of in the middle of an epoch.
     check_images_exist(train_set)
     check_images_exist(val_set)
+    train_set.skipped_images = []
+    if config.skip_unreadable_images:
+        train_set = drop_unreadable(train_set)
+        # Skipping validation images would change the metric, so those stop the run.
+        failures = find_unreadable_images(val_set)
+        if failures:
+            listed = "\n  ".join(message for _, message in failures[:20])
+            raise ImageDecodeError(
+                f"{len(failures)} validation images of {config.dataset} cannot be decoded; evaluation "
+                f"never skips images because that changes the metric. First ones:\n  {listed}"
+            )
     if train_set.class_names != val_set.class_names:
         raise ValueError(
             f"{config.dataset}: the {config.train_split} and {config.val_split} splits list "
             "different classes"
         )
     return train_set, val_set
+
+
+def drop_unreadable(dataset: MultiLabelDataset) -> MultiLabelDataset:
+    """Remove the images that fail to decode; `skipped_images` lists them with the reason."""
+    failures = find_unreadable_images(dataset)
+    for _, message in failures:
+        logger.warning("skipping training image: %s", message)
+    kept = dataset.without_rows([index for index, _ in failures])
+    kept.skipped_images = [
+        {"image": dataset.image_ids[index], "path": str(dataset.image_paths[index]), "error": message}
+        for index, message in failures
+    ]
+    if failures:
+        logger.warning("skipped %d of %d training images that cannot be decoded", len(failures), len(dataset))
+    return kept
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -172,6 +200,10 @@ def finish_run(
             "best_epoch": trainer.state.best_epoch,
         },
         "metrics": metrics,
+        "skipped_images": {
+            "count": len(getattr(train_set, "skipped_images", [])),
+            "images": getattr(train_set, "skipped_images", []),
+        },
         "final_epoch": {k: history[-1][k] for k in ("epoch", "mAP", "CF1", "OF1", "train_loss")},
         "protocol": {
             "selection": "epoch with the best validation mAP (as the official ADD-GCN code reports)",
