@@ -9,14 +9,30 @@ import sys
 from . import __version__
 
 
+TRAIN_OVERRIDES = (
+    ("--epochs", "epochs", int, "number of epochs"),
+    ("--image-size", "image_size", int, "square input size in pixels"),
+    ("--batch-size", "batch_size", int, "images per batch"),
+    ("--seed", "seed", int, "random seed"),
+    ("--device", "device", str, "torch device, for example cpu or cuda:0"),
+    ("--max-train-images", "max_train_images", int, "train on the first N images only"),
+    ("--max-val-images", "max_val_images", int, "evaluate on the first N images only"),
+)
+
+
 def _train_command(args: argparse.Namespace) -> int:
+    from .engine import TrainingInterrupted
     from .profiles import resolve_run
     from .run import run_dir_for, train_run
 
-    overrides = {"epochs": args.epochs, "device": args.device, "seed": args.seed}
+    overrides = {name: getattr(args, name) for _, name, _, _ in TRAIN_OVERRIDES}
     config = resolve_run(args.profile, args.variant, args.dataset, args.data_root, overrides)
     run_dir = run_dir_for(args.results, config)
-    result = train_run(config, run_dir, resume=not args.no_resume)
+    try:
+        result = train_run(config, run_dir, resume=not args.no_resume, progress=not args.no_progress)
+    except TrainingInterrupted as interruption:
+        print(str(interruption), file=sys.stderr)
+        return 128 + interruption.signal_number
     print(json.dumps(result["table3"], indent=2))
     return 0
 
@@ -47,10 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="coco-subset")
     train.add_argument("--data-root", required=True)
     train.add_argument("--results", default=str(REPO_ROOT / "results"))
-    train.add_argument("--epochs", type=int, default=None)
-    train.add_argument("--device", default=None)
-    train.add_argument("--seed", type=int, default=None)
+    for option, name, kind, text in TRAIN_OVERRIDES:
+        train.add_argument(option, dest=name, type=kind, default=None, help=f"{text} (default: the profile's)")
     train.add_argument("--no-resume", action="store_true", help="ignore checkpoints/last.pt")
+    train.add_argument("--no-progress", action="store_true", help="log one line per epoch, no progress bar")
     train.set_defaults(handler=_train_command)
 
     report = commands.add_parser("report", help="execute the tables and figures notebooks")

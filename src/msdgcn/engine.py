@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,14 @@ CHECKPOINT_FORMAT = 1
 
 class NonFiniteLossError(RuntimeError):
     """Raised when the training loss becomes NaN or infinite."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised after SIGINT or SIGTERM once a resumable checkpoint has been written."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
 
 
 def build_loss(name: str) -> nn.Module:
@@ -175,6 +185,13 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def _pause_for_tests(variable: str) -> None:
+    """Sleep for the seconds in an environment variable; kill tests use it to hit a moment."""
+    seconds = os.environ.get(variable)
+    if seconds:
+        time.sleep(float(seconds))
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write a checkpoint atomically: a temporary file in the same folder, then os.replace."""
     path = Path(path)
@@ -184,6 +201,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        _pause_for_tests("MSDGCN_TEST_CHECKPOINT_DELAY")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -243,16 +261,25 @@ def make_loader(
     num_workers: int,
     seed: int = 0,
     pin_memory: bool = False,
+    skip_batches: int = 0,
 ) -> DataLoader:
-    """Build a DataLoader. A training loader shuffles with a generator seeded by the caller."""
+    """Build a DataLoader. A training loader visits a permutation drawn from `seed`.
+
+    `skip_batches` leaves out the first batches of that permutation without loading them, which
+    is how an epoch interrupted after that many steps continues.
+    """
     generator = torch.Generator()
     generator.manual_seed(seed)
+    sampler = None
+    if train:
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        sampler = order[skip_batches * batch_size :]
     # BatchNorm in training mode fails on a batch of one sample, so such a last batch is dropped.
     drop_last = train and len(dataset) % batch_size == 1
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        sampler=sampler,
         num_workers=num_workers,
         generator=generator,
         worker_init_fn=_seed_worker,
@@ -317,6 +344,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.optim)
         self.state = TrainState()
+        self.partial_epoch: dict[str, Any] | None = None  # an epoch interrupted mid-way, from resume()
+        self.stop_signal: int | None = None
         # The code version is read when training starts, not when the result files are written.
         self.code_version = git_state()
         self.val_loader = make_loader(
@@ -374,14 +403,30 @@ class Trainer:
             best_epoch=payload["best_epoch"],
             history=list(payload["history"]),
         )
+        self.partial_epoch = payload.get("partial_epoch")
         _set_rng_state(payload["rng"])
-        logger.info("resumed %s at epoch %d", self.last_path, self.state.epoch)
+        if self.partial_epoch:
+            logger.info(
+                "resumed %s in epoch %d after step %d",
+                self.last_path, self.partial_epoch["epoch"], self.partial_epoch["step"],
+            )  # fmt: skip
+        else:
+            logger.info("resumed %s at epoch %d", self.last_path, self.state.epoch)
         return True
 
     # -- training ----------------------------------------------------------------------------
     def train_one_epoch(self, epoch: int, bar: tqdm | None) -> dict[str, float]:
+        """Train one epoch, or the rest of one when `self.partial_epoch` holds an interrupted one.
+
+        Continuing an interrupted epoch is exact with `num_workers=0`. With worker processes the
+        batches are the same, but each worker restarts its augmentation random stream.
+        """
         config = self.config
-        seed_everything(epoch_seed(config.seed, epoch))
+        partial = self.partial_epoch if self.partial_epoch and self.partial_epoch["epoch"] == epoch else None
+        self.partial_epoch = None
+        if partial is None:
+            seed_everything(epoch_seed(config.seed, epoch))
+            partial = {"epoch": epoch, "step": 0, "loss_sum": 0.0, "seen": 0, "timer_total": 0.0, "timer_count": 0, "seconds": 0.0}
         loader = make_loader(
             self.train_set,
             config.batch_size,
@@ -389,13 +434,15 @@ class Trainer:
             num_workers=config.num_workers,
             seed=epoch_seed(config.seed, epoch),
             pin_memory=self.device.type == "cuda",
+            skip_batches=partial["step"],
         )
         self.model.train()
         timer = BatchTimer(self.device)
-        loss_sum, seen = 0.0, 0
-        epoch_start = time.perf_counter()
+        timer.total, timer.count = partial["timer_total"], partial["timer_count"]
+        loss_sum, seen = partial["loss_sum"], partial["seen"]
+        epoch_start = time.perf_counter() - partial["seconds"]
         timer.start()
-        for step, (images, targets, _) in enumerate(loader, start=1):
+        for step, (images, targets, _) in enumerate(loader, start=partial["step"] + 1):
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             targets = training_targets(targets, config.difficult_as).to(self.device)
             logits = self.model(images)
@@ -417,6 +464,13 @@ class Trainer:
                 rate = seen / (time.perf_counter() - epoch_start)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
                 bar.update(1)
+            _pause_for_tests("MSDGCN_TEST_STEP_DELAY")
+            if self.stop_signal is not None:
+                self._save_interrupted(
+                    {"epoch": epoch, "step": step, "loss_sum": loss_sum, "seen": seen,
+                     "timer_total": timer.total, "timer_count": timer.count,
+                     "seconds": time.perf_counter() - epoch_start}  # fmt: skip
+                )
         self.scheduler.step()
         return {
             "train_loss": loss_sum / max(seen, 1),
@@ -424,6 +478,22 @@ class Trainer:
             "train_seconds": time.perf_counter() - epoch_start,
             "train_images_per_second": seen / (time.perf_counter() - epoch_start),
         }
+
+    def _save_interrupted(self, partial: dict[str, Any]) -> None:
+        """Write `last.pt` in the middle of an epoch and raise TrainingInterrupted."""
+        payload = self._payload()
+        payload["partial_epoch"] = partial
+        save_checkpoint(self.last_path, payload)
+        name = signal.Signals(self.stop_signal).name
+        message = (
+            f"{name} received: stopped at epoch {partial['epoch']}, step {partial['step']}, and wrote "
+            f"{self.last_path}. Run the same command again to continue from there."
+        )
+        logger.warning(message)
+        raise TrainingInterrupted(message, self.stop_signal)
+
+    def _request_stop(self, signal_number: int, frame: Any) -> None:
+        self.stop_signal = signal_number
 
     def fit(self, on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainState:
         """Train until `config.epochs`, evaluating on the validation set after every epoch."""
@@ -441,6 +511,10 @@ class Trainer:
                 mininterval=2.0,
                 dynamic_ncols=True,
             )
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            # The step in progress finishes, then a resumable checkpoint is written.
+            handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             for epoch in range(self.state.epoch + 1, config.epochs + 1):
                 lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
@@ -480,6 +554,8 @@ class Trainer:
                 if on_epoch_end is not None:
                     on_epoch_end(record)
         finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
             if bar is not None:
                 bar.close()
         return self.state
