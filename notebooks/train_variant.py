@@ -40,6 +40,8 @@ concurrent_runs = None  # runs sharing this machine, recorded because batch time
 max_train_images = None
 max_val_images = None
 init_weights = None  # weights-only start for fine-tuning (for example VOC from a COCO model)
+skip_unreadable_images = None  # True drops training images that fail to decode, listed in the results
+deterministic = None  # True allows deterministic GPU kernels only
 resume = True  # continue from checkpoints/last.pt when it exists
 progress = True  # one progress bar over all batches of the run
 
@@ -88,6 +90,8 @@ config = resolve_run(
         max_train_images=max_train_images,
         max_val_images=max_val_images,
         init_weights=init_weights,
+        skip_unreadable_images=skip_unreadable_images,
+        deterministic=deterministic,
         optim=dict(lr=learning_rate),
     ),
 )

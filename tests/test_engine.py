@@ -212,3 +212,57 @@ def test_missing_image_found_before_training(coco_subset_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="1 of 6 image files .* missing") as error:
         build_run_data(config)
     assert "000000000025.jpg" in str(error.value)
+
+
+def test_init_weights_reordered_by_class_name(coco_subset_dir, tmp_path):
+    config = tiny_config(coco_subset_dir, model=dict(backbone="resnet18", hidden_dim=8))
+    trainer = make_trainer(config, tmp_path / "source")
+    source = trainer.model.eval()
+    names = list(trainer.train_set.class_names)
+    path = tmp_path / "source.pt"
+    save_checkpoint(path, {"format": engine.CHECKPOINT_FORMAT, "model": source.state_dict(), "class_names": names})
+
+    reversed_names = names[::-1]
+    target = build_run_model(config, reversed_names).eval()
+    report = load_init_weights(target, path, reversed_names)
+    assert report == {"skipped": [], "missing": []}
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(target(images), source(images).flip(1), atol=1e-5)
+
+
+def test_init_weights_other_classes_skip_class_layers(coco_subset_dir, tmp_path):
+    config = tiny_config(coco_subset_dir)
+    trainer = make_trainer(config, tmp_path / "source")
+    names = list(trainer.train_set.class_names)
+    path = tmp_path / "source.pt"
+    save_checkpoint(path, {"format": engine.CHECKPOINT_FORMAT, "model": trainer.model.state_dict(), "class_names": names})
+    other = [f"class {i}" for i in range(80)]
+    report = load_init_weights(build_run_model(config, other), path, other)
+    assert "head.sam.class_conv.weight" in report["skipped"]
+    assert "head.dgcn.static_adjacency.weight" in report["missing"]
+    assert "backbone.conv1.weight" not in report["missing"]
+
+
+def test_evaluation_independent_of_batch_size(coco_subset_dir, tmp_path):
+    config = tiny_config(coco_subset_dir, max_val_images=8)
+    trainer = make_trainer(config, tmp_path)
+    trainer.fit()
+    scores = {}
+    for batch_size in (1, 3, 8):
+        loader = engine.make_loader(trainer.val_set, batch_size, train=False, num_workers=0)
+        scores[batch_size] = engine.predict(trainer.model, loader, torch.device("cpu"))
+    for batch_size in (3, 8):
+        assert abs(scores[batch_size] - scores[1]).max() < 1e-6
+    metrics = [engine.multilabel_metrics(s, trainer.val_set.targets, trainer.val_set.class_names) for s in scores.values()]
+    assert metrics[0]["mAP"] == metrics[1]["mAP"] == metrics[2]["mAP"]
+
+
+def test_deterministic_option_sets_torch(coco_subset_dir, tmp_path):
+    try:
+        make_trainer(tiny_config(coco_subset_dir, deterministic=True), tmp_path)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False

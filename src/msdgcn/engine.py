@@ -47,6 +47,18 @@ class TrainingInterrupted(RuntimeError):
         self.signal_number = signal_number
 
 
+def use_deterministic_kernels() -> None:
+    """Make PyTorch use deterministic kernels only, and raise for an operation that has none.
+
+    CPU training here is deterministic without this. On CUDA, cuBLAS also needs a fixed workspace,
+    set through CUBLAS_WORKSPACE_CONFIG before the first CUDA call.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def build_loss(name: str) -> nn.Module:
     """Return the training criterion by name.
 
@@ -227,21 +239,63 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-def load_init_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
+def reorder_classes(
+    state: dict[str, torch.Tensor],
+    class_dims: dict[str, tuple[int, ...]],
+    source_names: list[str],
+    target_names: list[str],
+) -> dict[str, torch.Tensor]:
+    """Reorder the class-indexed tensors of a state dict from one class order to another.
+
+    `class_dims` maps a tensor name to the dimensions that run over classes, for example both
+    dimensions of the static adjacency. The two name lists must hold the same classes.
+    """
+    position = {name: index for index, name in enumerate(source_names)}
+    order = torch.tensor([position[name] for name in target_names])
+    reordered = dict(state)
+    for name, dims in class_dims.items():
+        if name in reordered:
+            for dim in dims:
+                reordered[name] = reordered[name].index_select(dim, order)
+    return reordered
+
+
+def load_init_weights(
+    model: nn.Module, path: str | Path, class_names: list[str] | None = None
+) -> dict[str, list[str]]:
     """Initialise a model from weights only (fine-tuning): epoch count and best score start fresh.
 
     Accepts a checkpoint of ours or a plain state dict (a `module.` prefix from DataParallel or DDP
-    is removed). Missing and unexpected keys are listed in the log, not raised, because fine-tuning
-    from another dataset changes the class-indexed layers.
+    is removed). When the checkpoint stores its class names and they are the model's classes in
+    another order, the class-indexed tensors are reordered by name. Missing and unexpected keys
+    are listed in the log, not raised, because fine-tuning on another dataset changes the
+    class-indexed layers.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"init_weights file not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError or RuntimeError for bad files
+        raise ValueError(
+            f"cannot load init_weights {path}: {error}. Only plain tensors and containers are "
+            "accepted (torch.load with weights_only=True)."
+        ) from error
     state = payload.get("model", payload.get("state_dict", payload))
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    source_names = payload.get("class_names")
+    if class_names is not None and source_names is not None and list(source_names) != list(class_names):
+        if sorted(source_names) == sorted(class_names):
+            dims = {f"head.{name}": d for name, d in getattr(model.head, "class_dims", {}).items()}
+            state = reorder_classes(state, dims, list(source_names), list(class_names))
+            logger.info("reordered the class-indexed tensors of %s by class name", path)
+        else:
+            logger.warning("%s was trained on other classes; its class-indexed tensors do not fit", path)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if class_names is not None and source_names is not None and sorted(source_names) != sorted(class_names):
+        class_tensors = {f"head.{name}" for name in getattr(model.head, "class_dims", {})}
+        usable = {k: v for k, v in usable.items() if k not in class_tensors}
     skipped = sorted(set(state) - set(usable))
     missing = sorted(set(own) - set(usable))
     model.load_state_dict(usable, strict=False)
@@ -335,6 +389,8 @@ class Trainer:
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if config.threads:
             torch.set_num_threads(config.threads)
+        if config.deterministic:
+            use_deterministic_kernels()
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.train_set = train_set
         self.val_set = val_set

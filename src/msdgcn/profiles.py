@@ -53,6 +53,7 @@ class RunConfig:
     concurrent_runs: int = 1  # runs sharing the machine (batch --jobs); batch times depend on it
     max_train_images: int | None = None  # first N training images only (smoke runs)
     max_val_images: int | None = None
+    deterministic: bool = False  # deterministic GPU kernels only (an error names any other)
     skip_unreadable_images: bool = False  # drop training images that fail to decode (listed in results)
     difficult_as: str = "positive"  # VOC difficult labels during training; evaluation ignores them
     init_weights: str | None = None  # weights-only initialisation for fine-tuning

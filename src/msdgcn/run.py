@@ -57,7 +57,7 @@ def build_run_model(config: RunConfig, class_names: list[str]) -> torch.nn.Modul
     model_config = ModelConfig(**{**config.model, "num_classes": len(class_names)})
     model = build_model(model_config)
     if config.init_weights:
-        load_init_weights(model, config.init_weights)
+        load_init_weights(model, config.init_weights, list(class_names))
     return model
 
 

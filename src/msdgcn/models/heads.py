@@ -168,6 +168,16 @@ class ADDGCNHead(nn.Module):
         self.dgcn = DynamicGCN(num_classes, hidden_dim, activation)
         self.classifier = PerClassLinear(hidden_dim, num_classes)
 
+    # Tensors indexed by class, with the dimensions that run over classes (for reordering).
+    class_dims = {
+        "sam.class_conv.weight": (0,),
+        "dgcn.static_adjacency.weight": (0, 1),
+        "dgcn.adjacency_conv.weight": (0,),
+        "dgcn.adjacency_conv.bias": (0,),
+        "classifier.weight": (0,),
+        "classifier.bias": (0,),
+    }
+
     def forward(self, features: Tensor) -> Tensor:
         return self.forward_details(features)["logits"]
 
@@ -200,6 +210,9 @@ class GlobalPoolHead(nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
         self.pooling = pooling
         self.classifier = nn.Linear(in_channels, num_classes)
+
+    # Tensors indexed by class, with the dimensions that run over classes (for reordering).
+    class_dims = {"classifier.weight": (0,), "classifier.bias": (0,)}
 
     def pool(self, features: Tensor) -> Tensor:
         """Pool (B, D, H, W) over space to (B, D)."""
