@@ -63,7 +63,7 @@ def test_animated_gif_first_frame(tmp_path):
 
 
 def png_with_header_size(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims width x height but whose data holds a single pixel."""
+    """Return a PNG whose IHDR claims width x height but whose data is a single pixel."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

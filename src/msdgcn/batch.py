@@ -183,7 +183,7 @@ def run_batch(
     data_root = Path(data_root).resolve()
     if not data_root.exists():
         raise FileNotFoundError(
-            f"dataset folder not found: {data_root}; pass the folder that holds {dataset} "
+            f"dataset folder not found: {data_root}. Pass the folder that contains {dataset} "
             "with --data-root"
         )
     results_root = Path(results_root).resolve()
@@ -200,7 +200,7 @@ def run_batch(
                 differences = config_differences(stored, requested)
                 if differences:
                     raise ValueError(
-                        f"{run_dir / METRICS_FILE} holds a finished run with other parameters "
+                        f"{run_dir / METRICS_FILE} contains a finished run with other parameters "
                         f"({'; '.join(differences)}). Write this run elsewhere with --results, "
                         "or replace the finished one with --force."
                     )
@@ -287,7 +287,7 @@ def execute_variant(
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES), help="run scale")
     parser.add_argument("--dataset", default="coco-subset", help="dataset name (see msdgcn.data.DATASETS)")
-    parser.add_argument("--data-root", required=True, help="folder that holds the dataset")
+    parser.add_argument("--data-root", required=True, help="folder that contains the dataset")
     parser.add_argument(
         "--variants", nargs="+", default=None, help="variants to run (default: the profile's list)"
     )

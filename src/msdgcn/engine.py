@@ -450,7 +450,8 @@ class Trainer:
                 )
         if payload["class_names"] != list(self.train_set.class_names):
             raise ValueError(f"{self.last_path} was trained on other classes than this dataset")
-        self.model.load_state_dict(payload["model"])
+        # A run saved from inside DataParallel or DDP prefixes every key with "module.".
+        self.model.load_state_dict({k.removeprefix("module."): v for k, v in payload["model"].items()})
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.state = TrainState(
@@ -472,7 +473,7 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------
     def train_one_epoch(self, epoch: int, bar: tqdm | None) -> dict[str, float]:
-        """Train one epoch, or the rest of one when `self.partial_epoch` holds an interrupted one.
+        """Train one epoch, or the rest of the interrupted epoch stored in `self.partial_epoch`.
 
         Continuing an interrupted epoch is exact with `num_workers=0`. With worker processes the
         batches are the same, but each worker restarts its augmentation random stream.

@@ -56,7 +56,7 @@ def run_scale(run: dict[str, Any]) -> str:
         f"{config['model']['backbone']}, {config['image_size']} px, {config['epochs']} epochs, "
         f"{fingerprint['images']} training images, seed {run['provenance']['seed']}"
     )
-    # Batch times depend on how many runs shared the machine, so say it when there were several.
+    # Batch times depend on how many runs shared the machine, so the scale names that number.
     if config.get("concurrent_runs", 1) > 1:
         scale += f", {config['concurrent_runs']} runs at once with {config.get('threads')} thread(s) each"
     return scale
