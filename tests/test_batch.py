@@ -32,3 +32,41 @@ def test_config_differences_ignore_run_only_parameters():
     stored = {"epochs": 6, "threads": 1, "device": "cpu", "optim": {"lr": 0.001}}
     requested = {"epochs": 6, "threads": 2, "device": "cuda", "optim": {"lr": 0.003}}
     assert config_differences(stored, requested) == ["optim: {'lr': 0.001} -> {'lr': 0.003}"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_batch_reaches_kernel(tmp_path, coco_subset_dir):
+    import signal
+    import time
+
+    from msdgcn.engine import load_checkpoint
+
+    command = [
+        sys.executable, "-m", "msdgcn", "batch", "--profile", "smoke", "--dataset", "coco-subset",
+        "--data-root", str(coco_subset_dir), "--results", str(tmp_path), "--variants", "a", "gap",
+        "--epochs", "3",
+    ]  # fmt: skip
+    checkpoint = tmp_path / "smoke" / "coco-subset" / "a" / "checkpoints" / "last.pt"
+    # Three steps per epoch (12 images, batch 4), each held for 1 s, so the signal lands mid-epoch.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MSDGCN_TEST_STEP_DELAY": "1.0"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.5)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == 1, stderr[-3000:]
+    assert "SIGINT received: stopped at epoch" in stdout
+    assert "1 variants not started because the batch was interrupted: gap" in stdout
+    interrupted = load_checkpoint(checkpoint)
+    assert interrupted["partial_epoch"]["epoch"] >= 2
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert (tmp_path / "smoke" / "coco-subset" / "a" / "metrics.json").exists()
+    assert (tmp_path / "smoke" / "coco-subset" / "gap" / "metrics.json").exists()

@@ -15,6 +15,8 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from typing import Any
 import jupytext
 import nbformat
 import papermill
+import psutil
 
 from .profiles import DEFAULT_VARIANTS, PROFILES, resolve_run
 from .run import METRICS_FILE
@@ -55,6 +58,43 @@ OVERRIDES = (
 RUN_ONLY_PARAMETERS = ("data_root", "device", "num_workers", "threads", "concurrent_runs", "cache_images", "description")
 
 
+def _ignore_stop_signals() -> None:
+    """Leave SIGINT and SIGTERM to the batch process, which forwards them to the kernels."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class InterruptForwarder:
+    """Forward SIGINT or SIGTERM of the batch process to its notebook kernels as SIGINT.
+
+    Jupyter kernels run in sessions of their own, so a signal to the batch would otherwise never
+    reach them. A training notebook that receives SIGINT finishes its step, writes a resumable
+    checkpoint and stops; the batch then starts no further variant.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "InterruptForwarder":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _forward(self, signal_number: int, frame: Any) -> None:
+        self.received = signal_number
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if any("ipykernel" in part for part in child.cmdline()):
+                    child.send_signal(signal.SIGINT)
+            except psutil.Error:  # the process ended meanwhile
+                continue
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def requested_config(profile: str, variant: str, dataset: str, data_root: Path, overrides: dict) -> dict:
     """Resolve the configuration the training notebook would build from these batch parameters."""
     values = {name: value for name, value in overrides.items() if name != "learning_rate"}
@@ -77,7 +117,7 @@ def config_differences(stored: dict, requested: dict) -> list[str]:
 @dataclass
 class Outcome:
     variant: str
-    status: str  # "done", "skipped", "failed"
+    status: str  # "done", "skipped", "failed", "not run" (after an interruption)
     seconds: float
     notebook: Path
     error: str = ""
@@ -234,16 +274,32 @@ def run_batch(
                     title=f"Run: variant {variant} ({profile}, {dataset})",
                 )
             )
-        if jobs == 1:
-            outcomes += [execute_variant(**task) for task in pending]
-        else:
-            # Separate processes, each with its own kernel: on the 2-core reference machine two
-            # single-threaded runs train 1.26 times as many images per second as one run on two
-            # threads (benchmarks/parallel_runs.py).
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-                futures = [pool.submit(execute_variant, **task) for task in pending]
-                outcomes += [future.result() for future in futures]
+        with InterruptForwarder() as interrupt:
+            if jobs == 1:
+                for task in pending:
+                    if interrupt.received:
+                        outcomes.append(Outcome(task["variant"], "not run", 0.0, Path(task["executed"])))
+                        continue
+                    outcomes.append(execute_variant(**task))
+            else:
+                # Separate processes, each with its own kernel: on the 2-core reference machine two
+                # single-threaded runs train 1.26 times as many images per second as one run on two
+                # threads (benchmarks/parallel_runs.py).
+                context = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(
+                    max_workers=jobs, mp_context=context, initializer=_ignore_stop_signals
+                ) as pool:
+                    futures = [pool.submit(execute_variant, **task) for task in pending]
+                    for task, future in zip(pending, futures):
+                        if interrupt.received and future.cancel():
+                            outcomes.append(Outcome(task["variant"], "not run", 0.0, Path(task["executed"])))
+                            continue
+                        outcomes.append(future.result())
+        if interrupt.received:
+            logger.warning(
+                "%s received: running variants wrote resumable checkpoints; run the same command "
+                "again to continue", signal.Signals(interrupt.received).name,
+            )  # fmt: skip
     order = {variant: i for i, variant in enumerate(variants)}
     return sorted(outcomes, key=lambda outcome: order[outcome.variant])
 
@@ -319,7 +375,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
             line += f"\n{'':<{width}}  {outcome.error}"
         print(line)
     failed = [o.variant for o in outcomes if o.status == "failed"]
+    not_started = [o.variant for o in outcomes if o.status == "not run"]
     if failed:
         print(f"{len(failed)} of {len(outcomes)} variants failed: {', '.join(failed)}")
-        return 1
-    return 0
+    if not_started:
+        print(f"{len(not_started)} variants not started because the batch was interrupted: {', '.join(not_started)}")
+    return 1 if failed or not_started else 0
