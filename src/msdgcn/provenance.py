@@ -17,14 +17,18 @@ PACKAGES = ("torch", "torchvision", "timm", "numpy", "pillow", "papermill", "msd
 
 
 def git_state(repo_dir: Path | None = None) -> dict[str, Any]:
-    """Return the commit of the code that ran and whether the work tree had uncommitted changes."""
+    """Return the commit of the code that ran and whether its files had uncommitted changes.
+
+    Changes under results/ do not count, because a forced rerun deletes the old result files.
+    """
     repo_dir = Path(repo_dir or Path(__file__).resolve().parent)
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, check=True
         ).stdout.strip()
+        # Run outputs under results/ are data, not code: a rerun that replaces them is not "dirty".
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(exclude,top)results"],
             cwd=repo_dir,
             capture_output=True,
             text=True,
