@@ -15,17 +15,24 @@ def test_second_batch_on_same_folder_rejected(tmp_path, coco_subset_dir):
     with BatchLock(tmp_path / "smoke" / "coco-subset"):
         with pytest.raises(RuntimeError, match=f"another batch \\(pid {os.getpid()}\\) is writing"):
             run_batch("smoke", "coco-subset", coco_subset_dir, results_root=tmp_path)
-    assert not (tmp_path / "smoke" / "coco-subset" / ".batch.lock").exists()
+    with BatchLock(tmp_path / "smoke" / "coco-subset"):
+        pass  # released on exit
 
 
-def test_stale_lock_replaced(tmp_path):
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(finished.stdout)
-    lock_path = tmp_path / ".batch.lock"
-    lock_path.write_text(str(dead_pid))
+def test_lock_of_killed_process_released(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from msdgcn.batch import BatchLock; lock = BatchLock(sys.argv[1]).__enter__();"
+         " print('locked', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RuntimeError, match=f"pid {holder.pid}"):
+        BatchLock(tmp_path).__enter__()
+    holder.kill()
+    holder.wait()
     with BatchLock(tmp_path):
-        assert lock_path.read_text() == str(os.getpid())
-    assert not lock_path.exists()
+        assert (tmp_path / ".batch.lock").read_text() == str(os.getpid())
 
 
 def test_config_differences_ignore_run_only_parameters():

@@ -266,3 +266,17 @@ def test_deterministic_option_sets_torch(coco_subset_dir, tmp_path):
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
+
+
+def test_resume_rejects_fewer_epochs(coco_subset_dir, tmp_path):
+    make_trainer(tiny_config(coco_subset_dir, epochs=2), tmp_path).fit()
+    with pytest.raises(ValueError, match="already trained 2 epochs, more than the 1 requested"):
+        make_trainer(tiny_config(coco_subset_dir, epochs=1), tmp_path).resume()
+
+
+def test_best_checkpoint_written_before_last(coco_subset_dir, tmp_path, monkeypatch):
+    written = []
+    original = engine.save_checkpoint
+    monkeypatch.setattr(engine, "save_checkpoint", lambda path, payload: (written.append(path.name), original(path, payload)))
+    make_trainer(tiny_config(coco_subset_dir, epochs=1), tmp_path).fit()
+    assert written == ["best.pt", "last.pt"]

@@ -30,8 +30,7 @@ def _train_command(args: argparse.Namespace) -> int:
     run_dir = run_dir_for(args.results, config)
     try:
         result = train_run(config, run_dir, resume=not args.no_resume, progress=not args.no_progress)
-    except TrainingInterrupted as interruption:
-        print(str(interruption), file=sys.stderr)
+    except TrainingInterrupted as interruption:  # the trainer has logged what to do next
         return 128 + interruption.signal_number
     print(json.dumps(result["table3"], indent=2))
     return 0

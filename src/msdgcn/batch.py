@@ -9,7 +9,7 @@ the command exits with status 1.
 from __future__ import annotations
 
 import argparse
-import errno
+import fcntl
 import json
 import logging
 import multiprocessing
@@ -82,7 +82,20 @@ class InterruptForwarder:
         return self
 
     def _forward(self, signal_number: int, frame: Any) -> None:
+        if self.received is None:
+            # A kernel ignores SIGINT while it starts or sits idle, so the signal is sent again
+            # every second until the batch ends. A training step only sets a flag on each one.
+            self._stopped = threading.Event()
+            threading.Thread(target=self._repeat, daemon=True).start()
         self.received = signal_number
+        self._interrupt_kernels()
+
+    def _repeat(self) -> None:
+        while not self._stopped.wait(1.0):
+            self._interrupt_kernels()
+
+    @staticmethod
+    def _interrupt_kernels() -> None:
         for child in psutil.Process().children(recursive=True):
             try:
                 if any("ipykernel" in part for part in child.cmdline()):
@@ -91,6 +104,8 @@ class InterruptForwarder:
                 continue
 
     def __exit__(self, *exc_info: Any) -> None:
+        if self.received is not None:
+            self._stopped.set()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -153,43 +168,40 @@ def tidy_executed(notebook_path: Path, title: str | None = None) -> None:
 
 
 class BatchLock:
-    """A lock file that stops two batches from writing the same results folder at once."""
+    """An exclusive lock that stops two batches from writing the same results folder at once.
+
+    The lock is `fcntl.flock` on `.batch.lock`, so it ends with its process, even on SIGKILL.
+    The file stays in place and holds the pid of the last holder, for the error message.
+    """
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / ".batch.lock"
+        self._handle = None
 
     def __enter__(self) -> "BatchLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if self._holder_alive():
-                    raise RuntimeError(
-                        f"another batch (pid {self.path.read_text().strip()}) is writing to "
-                        f"{self.path.parent}; wait for it to finish, or delete {self.path} if "
-                        "that process no longer exists"
-                    ) from None
-                logger.warning("removing stale lock %s", self.path)
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
-            return self
-        raise RuntimeError(f"could not create the lock file {self.path}")
-
-    def _holder_alive(self) -> bool:
+        handle = open(self.path, "a+")
         try:
-            pid = int(self.path.read_text().strip())
-            os.kill(pid, 0)
-        except (ValueError, FileNotFoundError):
-            return False
-        except OSError as error:
-            return error.errno == errno.EPERM
-        return True
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RuntimeError(
+                f"another batch (pid {holder}) is writing to {self.path.parent}; wait for it to "
+                "finish, or choose another folder with --results"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self.path.unlink(missing_ok=True)
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None
 
 
 def run_batch(
@@ -297,9 +309,10 @@ def run_batch(
                         outcomes.append(future.result())
         if interrupt.received:
             logger.warning(
-                "%s received: running variants wrote resumable checkpoints; run the same command "
-                "again to continue", signal.Signals(interrupt.received).name,
-            )  # fmt: skip
+                "%s received: running variants were asked to stop at their next training step and "
+                "write a checkpoint; run the same command again to continue",
+                signal.Signals(interrupt.received).name,
+            )
     order = {variant: i for i, variant in enumerate(variants)}
     return sorted(outcomes, key=lambda outcome: order[outcome.variant])
 

@@ -121,6 +121,9 @@ def seed_everything(seed: int) -> None:
 
 
 def _seed_worker(worker_id: int) -> None:
+    # Ctrl-C is the main process's to handle (it writes a checkpoint); a worker killed by it would
+    # abort the DataLoader first. Workers started by fork inherit the handler; spawn ones do not.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker_seed = torch.initial_seed() % (2**32)
     random.seed(worker_seed)
     np.random.seed(worker_seed)
@@ -219,22 +222,29 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _load_tensors_only(path: Path, kind: str, advice: str) -> Any:
+    """torch.load with weights_only=True, turning any failure into one ValueError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError or EOFError here
+        # torch's own message suggests weights_only=False, which would run code from the file.
+        raise ValueError(
+            f"cannot load {kind} {path} ({type(error).__name__}): it is corrupt, empty, or needs "
+            f"arbitrary code to unpickle, which is never run. To go on, {advice}."
+        ) from error
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint of ours. A file that needs arbitrary code to unpickle is rejected, not run."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError or RuntimeError for bad files
-        raise ValueError(
-            f"cannot load checkpoint {path}: {error}. Only plain tensors and containers are "
-            "accepted (torch.load with weights_only=True); re-save the file as a state dict."
-        ) from error
+    payload = _load_tensors_only(path, "checkpoint", "delete it, or rerun with --no-resume")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a training checkpoint of this package (missing 'format': "
-            f"{CHECKPOINT_FORMAT}); use it as init_weights for a weights-only start instead"
+            f"{CHECKPOINT_FORMAT}); pass it as init_weights (batch --init-weights) for a "
+            "weights-only start instead"
         )
     return payload
 
@@ -274,13 +284,9 @@ def load_init_weights(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"init_weights file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError or RuntimeError for bad files
-        raise ValueError(
-            f"cannot load init_weights {path}: {error}. Only plain tensors and containers are "
-            "accepted (torch.load with weights_only=True)."
-        ) from error
+    payload = _load_tensors_only(path, "init_weights file", "save its state dict with torch.save")
+    if not isinstance(payload, dict):
+        raise ValueError(f"init_weights file {path} holds a {type(payload).__name__}, not a state dict")
     state = payload.get("model", payload.get("state_dict", payload))
     state = {k.removeprefix("module."): v for k, v in state.items()}
     source_names = payload.get("class_names")
@@ -440,7 +446,14 @@ class Trainer:
         saved = payload["config"]
         # Every parameter that changes the computation must match; epochs may grow (longer run).
         compared = ("variant", "profile", "dataset", "model", "optim", "image_size", "batch_size", "seed",
-                    "max_train_images", "max_val_images", "difficult_as")  # fmt: skip
+                    "max_train_images", "max_val_images", "difficult_as", "skip_unreadable_images",
+                    "train_split", "val_split")  # fmt: skip
+        if payload["epoch"] > self.config.epochs:
+            raise ValueError(
+                f"{self.last_path} has already trained {payload['epoch']} epochs, more than the "
+                f"{self.config.epochs} requested; request at least {payload['epoch']} epochs, or "
+                "choose another output folder"
+            )
         for key in compared:
             if saved.get(key) != self.config.to_dict().get(key):
                 raise ValueError(
@@ -594,9 +607,11 @@ class Trainer:
                     self.state.best_mAP = metrics["mAP"]
                     self.state.best_epoch = epoch
                 payload = self._payload()
-                save_checkpoint(self.last_path, payload)
+                # best.pt first: a kill between the two writes then leaves last.pt one epoch
+                # behind, and the rerun repeats that epoch, instead of a last.pt ahead of best.pt.
                 if improved:
                     save_checkpoint(self.best_path, payload)
+                save_checkpoint(self.last_path, payload)
                 logger.info(
                     "epoch %d/%d: loss %.4f, val mAP %.1f, CF1 %.1f, OF1 %.1f, %.2f s/batch%s",
                     epoch,

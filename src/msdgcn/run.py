@@ -171,6 +171,11 @@ def finish_run(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     best = load_checkpoint(trainer.best_path)
+    if best["epoch"] != trainer.state.best_epoch:
+        raise ValueError(
+            f"{trainer.best_path} holds epoch {best['epoch']}, but the history's best epoch is "
+            f"{trainer.state.best_epoch}; delete {trainer.checkpoint_dir} and train again"
+        )
     model = trainer.model
     model.load_state_dict(best["model"])
     metrics, scores = evaluate(model, trainer.val_loader, trainer.device, trainer.memory_format)
