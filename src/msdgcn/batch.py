@@ -171,7 +171,7 @@ class BatchLock:
     """An exclusive lock that stops two batches from writing the same results folder at once.
 
     The lock is `fcntl.flock` on `.batch.lock`, so it ends with its process, even on SIGKILL.
-    The file stays in place and holds the pid of the last holder, for the error message.
+    The file stays in place and contains the pid of the last holder, for the error message.
     """
 
     def __init__(self, folder: Path):

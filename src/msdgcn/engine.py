@@ -286,7 +286,7 @@ def load_init_weights(
         raise FileNotFoundError(f"init_weights file not found: {path}")
     payload = _load_tensors_only(path, "init_weights file", "save its state dict with torch.save")
     if not isinstance(payload, dict):
-        raise ValueError(f"init_weights file {path} holds a {type(payload).__name__}, not a state dict")
+        raise ValueError(f"init_weights file {path} contains a {type(payload).__name__}, not a state dict")
     state = payload.get("model", payload.get("state_dict", payload))
     state = {k.removeprefix("module."): v for k, v in state.items()}
     source_names = payload.get("class_names")

@@ -173,7 +173,7 @@ def finish_run(
     best = load_checkpoint(trainer.best_path)
     if best["epoch"] != trainer.state.best_epoch:
         raise ValueError(
-            f"{trainer.best_path} holds epoch {best['epoch']}, but the history's best epoch is "
+            f"{trainer.best_path} contains epoch {best['epoch']}, but the history's best epoch is "
             f"{trainer.state.best_epoch}; delete {trainer.checkpoint_dir} and train again"
         )
     model = trainer.model
