@@ -82,17 +82,11 @@ class InterruptForwarder:
         return self
 
     def _forward(self, signal_number: int, frame: Any) -> None:
-        if self.received is None:
-            # A kernel ignores SIGINT while it starts or sits idle, so the signal is sent again
-            # every second until the batch ends. A training step only sets a flag on each one.
-            self._stopped = threading.Event()
-            threading.Thread(target=self._repeat, daemon=True).start()
+        # NOTE: a kernel ignores SIGINT while it starts or sits between cells, so a signal that
+        # arrives then does not stop that variant's training; only the variants not yet started
+        # are skipped. Resending it later interrupted error reporting after the checkpoint.
         self.received = signal_number
         self._interrupt_kernels()
-
-    def _repeat(self) -> None:
-        while not self._stopped.wait(1.0):
-            self._interrupt_kernels()
 
     @staticmethod
     def _interrupt_kernels() -> None:
@@ -104,8 +98,6 @@ class InterruptForwarder:
                 continue
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self.received is not None:
-            self._stopped.set()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
