@@ -54,7 +54,8 @@ def test_notebook_has_one_parameters_cell(repo_root, name):
     source = jupytext.read(repo_root / "notebooks" / f"{name}.py")
     tagged = [cell for cell in source.cells if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1
-    assert source.cells[0].cell_type == "markdown" and source.cells[0].source.startswith("# ")
+    assert source.cells[0].cell_type == "markdown"
+    assert source.cells[0].source.startswith("# ")
 
 
 def test_readme_commands_exist(repo_root):

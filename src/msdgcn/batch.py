@@ -82,9 +82,9 @@ class InterruptForwarder:
         return self
 
     def _forward(self, signal_number: int, frame: Any) -> None:
-        # NOTE: a kernel ignores SIGINT while it starts or sits between cells, so a signal that
-        # arrives then does not stop that variant's training; only the variants not yet started
-        # are skipped. Resending it later interrupted error reporting after the checkpoint.
+        # NOTE: a kernel ignores SIGINT while it starts or sits between cells. A signal that
+        # arrives then does not stop that variant; only the variants not yet started are skipped.
+        # Resending it later is no fix, because it interrupts the kernel's error report.
         self.received = signal_number
         self._interrupt_kernels()
 

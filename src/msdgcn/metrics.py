@@ -542,7 +542,7 @@ def _quote_csv_field(text: str) -> str:
     return text
 
 
-def _write_text_atomically(path, text: str) -> None:
+def write_text_atomically(path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see either the old file or the whole new one.
 
     The text goes to a temporary file in the same folder, which then replaces ``path`` in
@@ -598,7 +598,7 @@ def write_matrix_csv(
     lines = [",".join(_quote_csv_field(name) for name in [IMAGE_COLUMN, *class_names])]
     for image_id, values in zip(image_ids, matrix.tolist()):
         lines.append(f"{_quote_csv_field(image_id)},{row_format % tuple(values)}")
-    _write_text_atomically(path, "\n".join(lines) + "\n")
+    write_text_atomically(path, "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------------------
@@ -689,7 +689,7 @@ def evaluate_csv(predictions_path, labels_path, output_path=None) -> dict:
         "labels": str(labels_path),
     }
     if output_path is not None:
-        _write_text_atomically(output_path, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        write_text_atomically(output_path, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return metrics
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from .data import (
     find_unreadable_images,
 )
 from .engine import Trainer, evaluate, load_checkpoint, load_init_weights
-from .metrics import write_matrix_csv
+from .metrics import write_matrix_csv, write_text_atomically
 from .models import ModelConfig, build_model
 from .models.backbone import PYPI_LITE0_NORMALIZATION, PYPI_LITE0_SOURCE
 from .profiles import RunConfig
@@ -140,21 +140,18 @@ def drop_unreadable(dataset: MultiLabelDataset) -> MultiLabelDataset:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in history:
         columns += [key for key in row if key not in columns]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomically(path, text.getvalue())
 
 
 def finish_run(
