@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 ARCHIVE_DIR = "archives"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 60.0
+RETRY_WAIT_SECONDS = 2.0
 HASH_ALGORITHMS = ("md5", "sha1", "sha256")
 
 # Checksum sources, named once so every archive says where its checksum comes from.
@@ -265,7 +266,6 @@ def fetch(
     retries: int = 3,
     progress: bool = True,
     timeout: float = TIMEOUT_SECONDS,
-    retry_wait: float = 2.0,
 ) -> None:
     """Download `url` to `destination` through `<destination>.part`, resuming after a cut.
 
@@ -289,7 +289,7 @@ def fetch(
                 "download of %s failed (%s) with %d bytes kept; retry %d of %d",
                 url, error, size, attempt + 1, retries,
             )  # fmt: skip
-            time.sleep(retry_wait)
+            time.sleep(RETRY_WAIT_SECONDS)
     os.replace(part, destination)
 
 
