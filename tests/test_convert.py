@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import jupytext
+import nbformat
 import numpy as np
 import pytest
 import torch
@@ -54,7 +56,8 @@ def images():
 
 
 def save_official(state, path):
-    torch.save({"epoch": 12, "model_name": "ADD_GCN", "state_dict": state, "best_score": 83.1}, path)
+    payload = {"epoch": 12, "model_name": "ADD_GCN", "state_dict": state, "best_score": torch.tensor(0.831)}
+    torch.save(payload, path)
     return path
 
 
@@ -142,7 +145,8 @@ def test_converted_checkpoint_records_source(converted):
     payload = load_checkpoint(destination)
     assert payload["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     assert payload["source"]["path"] == str(source.resolve())
-    assert payload["source"]["best_score"] == 83.1
+    assert payload["source"]["best_score"] == pytest.approx(0.831)
+    assert payload["source"]["epoch"] == 12
     assert payload["class_names"] == list(COCO_CLASSES)
     assert payload["test_transform"] == {
         "resize": [448, 448], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
@@ -210,3 +214,12 @@ def test_convert_cli_reports_corrupt_source(tmp_path, capsys):
     assert main(["convert", str(source), str(tmp_path / "out.pt")]) == 2
     assert "broken.pth" in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_official_notebook_pair_in_sync(repo_root):
+    source = jupytext.read(repo_root / "notebooks" / "official_checkpoint.py")
+    paired = nbformat.read(repo_root / "notebooks" / "official_checkpoint.ipynb", as_version=4)
+    assert [cell.source for cell in source.cells] == [cell.source for cell in paired.cells]
+    assert all(cell.outputs == [] for cell in paired.cells if cell.cell_type == "code")
+    tagged = [cell for cell in source.cells if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1

@@ -141,7 +141,8 @@ def test_download_voc2007_into_data_layout(server, voc_registry, tmp_path):
 
     trainval = build_dataset("voc2007", tmp_path, "trainval")
     test = build_dataset("voc2007", tmp_path, "test")
-    assert trainval.image_ids == ["000005"] and test.image_ids == ["000001"]
+    assert trainval.image_ids == ["000005"]
+    assert test.image_ids == ["000001"]
     assert trainval.targets[0].tolist() == [1 if name == "dog" else 0 for name in VOC_CLASSES]
     assert test.targets[0].tolist() == [1 if name == "cat" else 0 for name in VOC_CLASSES]
 
@@ -210,7 +211,8 @@ def test_unsafe_member_rejected(server, tmp_path, name, data):
     with pytest.raises(UnsafeArchiveError, match="escaped.txt"):
         download_dataset("voc2007", root, registry=registry, progress=False)
     assert not (tmp_path / "escaped.txt").exists()
-    assert not (root / "VOCdevkit").exists() and not (root / "annotations").exists()
+    assert not (root / "VOCdevkit").exists()
+    assert not (root / "annotations").exists()
 
 
 def test_symlink_member_rejected(server, tmp_path):
@@ -255,7 +257,8 @@ def test_download_cli_coco2014_with_registry_file(server, tmp_path):
     val = build_dataset("coco2014", root, "val")
     train = build_dataset("coco2014", root, "train")
     assert val.class_names == ["person", "dog"]
-    assert val.targets.tolist() == [[1, 0]] and train.targets.tolist() == [[0, 1]]
+    assert val.targets.tolist() == [[1, 0]]
+    assert train.targets.tolist() == [[0, 1]]
     assert not (root / "archives" / "train2014.zip").exists()
 
 

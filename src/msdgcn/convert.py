@@ -18,8 +18,8 @@ The official forward pass, which `ADDGCNHead` reproduces:
 `mask_mat` is a parameter initialised to the identity. The conversion checks that it still is
 the identity, because only then is out2 the diagonal that `PerClassLinear` computes.
 
-The official code numbers the COCO classes by their names in alphabetical order
-(`data/coco.py` sorts the category names); this package numbers them by COCO category id. Every
+The official code numbers the COCO classes by their names in alphabetical order, because
+`data/coco.py` sorts the category names. This package numbers them by COCO category id, so every
 class-indexed dimension (`ADDGCNHead.class_dims`) is reordered by name. VOC uses the same 20
 class order in both.
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
@@ -281,6 +282,13 @@ def converted_run_config(model_config: ModelConfig, source: Path) -> RunConfig:
     )
 
 
+def _as_number(value: Any) -> Any:
+    """Turn a 0-dim tensor (how the official trainer saves best_score) into a Python number."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
 def convert_checkpoint(
     source: str | os.PathLike, destination: str | os.PathLike, source_format: str = OFFICIAL_FORMAT
 ) -> dict[str, Any]:
@@ -308,7 +316,7 @@ def convert_checkpoint(
     converted = reorder_classes(converted, class_dims, official_names, names)
 
     run_config = converted_run_config(model_config, source)
-    source_epoch = extra.get("epoch")
+    source_epoch = _as_number(extra.get("epoch"))
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": converted,
@@ -326,8 +334,8 @@ def convert_checkpoint(
             "sha256": sha256_of_file(source),
             "epoch": source_epoch,
             "model_name": extra.get("model_name"),
-            # The official trainer stores mAP in percent as best_score.
-            "best_score": extra.get("best_score"),
+            # The official trainer stores the best validation mAP as a fraction in [0, 1].
+            "best_score": _as_number(extra.get("best_score")),
             "official_class_names": official_names,
         },
     }
@@ -367,3 +375,28 @@ def random_official_state_dict(
             state[key] = torch.randn(shape, generator=generator) * (2.0 / fan_in) ** 0.5
         state[key] = state[key].to(dtype)
     return state
+
+
+def write_random_official_checkpoint(
+    layout_file: str | os.PathLike, destination: str | os.PathLike, seed: int = 0
+) -> Path:
+    """Write a checkpoint in the official format with random values in the layout of `layout_file`.
+
+    `layout_file` is JSON with a `state_dict` list of {key, shape, dtype}. The checkpoint has the
+    official wrapper keys (epoch 0, best_score None), so that it goes through the same conversion
+    as a real one. Its predictions mean nothing.
+    """
+    layout_file = Path(layout_file)
+    if not layout_file.is_file():
+        raise FileNotFoundError(f"official layout file not found: {layout_file}")
+    layout = json.loads(layout_file.read_text(encoding="utf-8"))["state_dict"]
+    payload = {
+        "epoch": 0,
+        "model_name": "ADD_GCN",
+        "state_dict": random_official_state_dict(layout, seed),
+        "best_score": None,
+    }
+    destination = Path(destination)
+    save_checkpoint(destination, payload)
+    logger.info("wrote a random-valued official checkpoint (%d tensors) to %s", len(layout), destination)
+    return destination

@@ -44,12 +44,12 @@ TIMEOUT_SECONDS = 60.0
 RETRY_WAIT_SECONDS = 2.0
 HASH_ALGORITHMS = ("md5", "sha1", "sha256")
 
-# Checksum sources, named once so every archive says where its checksum comes from.
+# Checksum sources, named once so that every archive names where its checksum comes from.
 TORCHVISION_VOC = "torchvision 0.29.1, torchvision/datasets/voc.py (DATASET_YEAR_DICT md5)"
-# NOTE: the COCO download page publishes no checksums that we could open here. These MD5 values
-# are those listed in third-party download scripts (for example Salesforce LAVIS,
-# lavis/datasets/download_scripts/download_coco.py, for the two image zips), where several
-# independent repositories agree. They are not confirmed by the COCO team.
+# NOTE: these COCO MD5 values are not confirmed by the COCO team, because we found no checksum
+# published by COCO. They come from third-party download scripts (for example Salesforce LAVIS,
+# lavis/datasets/download_scripts/download_coco.py, for the two image zips), and several
+# independent repositories list the same values.
 COCO_THIRD_PARTY = "third-party download scripts (e.g. Salesforce LAVIS); not published by COCO"
 
 
@@ -270,7 +270,7 @@ def fetch(
     """Download `url` to `destination` through `<destination>.part`, resuming after a cut.
 
     A failed attempt is retried up to `retries` times, each resuming from the partial file. When
-    all fail, DownloadError says how far it got and the partial file stays for the next run.
+    all fail, DownloadError reports the bytes kept, and the partial file stays for the next run.
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     part = destination.with_name(destination.name + ".part")
@@ -350,8 +350,11 @@ def extract_archive(archive_path: Path, root: Path) -> int:
     if tarfile.is_tarfile(archive_path):
         with tarfile.open(archive_path) as archive:
             members = safe_tar_members(archive, archive_path)
-            # The "data" filter (Python 3.11.4+) repeats these checks and drops unsafe modes.
-            archive.extractall(root, members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                # The "data" filter (Python 3.11.4 and later) repeats these checks and drops unsafe modes.
+                archive.extractall(root, members=members, filter="data")
+            else:
+                archive.extractall(root, members=members)
         return len(members)
     raise ValueError(f"{archive_path} is neither a tar nor a zip archive; delete it and run again")
 

@@ -159,7 +159,7 @@ def predict_images(
 
 
 def evaluate_checkpoint(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | LoadedCheckpoint,
     dataset: str,
     data_root: str | os.PathLike,
     split: str = "val",
@@ -170,14 +170,18 @@ def evaluate_checkpoint(
 ) -> tuple[dict[str, Any], np.ndarray, MultiLabelDataset]:
     """Evaluate a checkpoint on a dataset split; return (metrics, probabilities, dataset).
 
+    `checkpoint` is a file or a model already loaded by `load_model_from_checkpoint`.
     `image_size` None keeps the checkpoint's own test size. The dataset's classes must be the
     checkpoint's, in any order; the probability columns follow the dataset's order.
     """
-    loaded = load_model_from_checkpoint(checkpoint, device)
+    if isinstance(checkpoint, LoadedCheckpoint):
+        loaded = checkpoint
+    else:
+        loaded = load_model_from_checkpoint(checkpoint, device)
     data = build_dataset(dataset, data_root, split)
     if sorted(data.class_names) != sorted(loaded.class_names):
         raise ValueError(
-            f"{checkpoint} predicts {len(loaded.class_names)} classes that differ from the "
+            f"the checkpoint predicts {len(loaded.class_names)} classes that differ from the "
             f"{data.num_classes} classes of dataset {dataset!r}; evaluate it on the dataset it "
             "was trained for"
         )
