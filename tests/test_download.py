@@ -262,6 +262,17 @@ def test_download_cli_coco2014_with_registry_file(server, tmp_path):
     assert not (root / "archives" / "train2014.zip").exists()
 
 
+def test_existing_layout_is_not_downloaded(server, tmp_path):
+    for folder in ("train2014", "val2014", "annotations"):
+        (tmp_path / folder).mkdir()
+    for split in ("train", "val"):
+        (tmp_path / "annotations" / f"instances_{split}2014.json").write_text("{}")
+    registry = {"coco2014": (Archive(f"{server.base_url}/val2014.zip", "0" * 32),)}
+    outcome = download_dataset("coco2014", tmp_path, registry=registry, progress=False)
+    assert outcome == {"val2014.zip": "present"}
+    assert server.requests == []
+
+
 def test_missing_dataset_folder_names_download_command(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"python -m msdgcn download coco2014 --root"):
         build_dataset("coco2014", tmp_path / "absent", "val")

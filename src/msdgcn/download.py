@@ -380,15 +380,23 @@ def download_dataset(
 ) -> dict[str, str]:
     """Download, verify and extract every archive of dataset `name` into `root`.
 
-    Archives go to `<root>/archives/`. An archive marked done (`<archive>.extracted`) is skipped;
-    an archive already present is verified instead of downloaded again. Returns {archive file
-    name: "downloaded", "verified" or "skipped"}. Raises FileNotFoundError when the extracted
-    files miss a path that data.py reads.
+    Archives go to `<root>/archives/`. An archive marked done (`<archive>.extracted`) is skipped,
+    and an archive file already present is verified instead of downloaded again. When `root`
+    already has every path that data.py reads and no marker, nothing is fetched. Returns
+    {archive file name: "downloaded", "verified", "skipped" or "present"}. Raises
+    FileNotFoundError when the extracted files miss a path that data.py reads.
     """
     root = Path(root)
     archive_dir = root / ARCHIVE_DIR
+    archives = archives_for(name, base_url, registry)
+    markers = [archive_dir / f"{archive.filename}.extracted" for archive in archives]
+    if name in EXPECTED_LAYOUT and not check_layout(name, root) and not any(m.exists() for m in markers):
+        # Extracted by other means (for example by hand): nothing to fetch.
+        logger.info("%s: every path that data.py reads is already under %s; nothing to download", name, root)
+        return {archive.filename: "present" for archive in archives}
+
     outcome: dict[str, str] = {}
-    for archive in archives_for(name, base_url, registry):
+    for archive in archives:
         path = archive_dir / archive.filename
         marker = path.with_name(path.name + ".extracted")
         if marker.exists():
