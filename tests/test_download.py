@@ -278,3 +278,13 @@ def test_missing_dataset_folder_names_download_command(tmp_path):
         build_dataset("coco2014", tmp_path / "absent", "val")
     with pytest.raises(FileNotFoundError, match=r"python -m msdgcn download voc2007 --root"):
         build_dataset("voc2007", tmp_path, "test")
+
+
+def test_base_url_keeps_names_and_checksums():
+    mirrored = download.archives_for("coco2014", base_url="http://127.0.0.1:9/mirror/")
+    assert [a.url for a in mirrored] == [
+        "http://127.0.0.1:9/mirror/train2014.zip",
+        "http://127.0.0.1:9/mirror/val2014.zip",
+        "http://127.0.0.1:9/mirror/annotations_trainval2014.zip",
+    ]
+    assert [a.checksum for a in mirrored] == [a.checksum for a in download.REGISTRY["coco2014"]]

@@ -100,7 +100,10 @@ def check_images_readable(paths: Sequence[str | os.PathLike]) -> None:
 def prediction_records(
     image_names: Sequence[str], probabilities: np.ndarray, class_names: Sequence[str], threshold: float
 ) -> list[dict[str, Any]]:
-    """Return one record per image: its name, labels with p >= threshold (highest first), all p."""
+    """Return one record per image: its name, its labels and every class probability p.
+
+    The labels are the classes with p >= threshold, highest p first, and equal p in class order.
+    """
     records = []
     for name, row in zip(image_names, probabilities):
         order = np.argsort(-row, kind="stable")
