@@ -92,6 +92,8 @@ REGISTRY: dict[str, tuple[Archive, ...]] = {
 }  # fmt: skip
 
 # Paths under <root> that data.py reads, checked after extraction.
+# NOTE: that VOCtest_06-Nov-2007.tar contains ImageSets/Main/<class>_test.txt is assumed, because
+# the real archive could not be opened offline. If it does not, this check names the missing file.
 EXPECTED_LAYOUT: dict[str, tuple[str, ...]] = {
     "voc2007": (
         "VOCdevkit/VOC2007/JPEGImages",
