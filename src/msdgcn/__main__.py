@@ -43,6 +43,51 @@ def _report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_command(args: argparse.Namespace) -> int:
+    from .convert import convert_checkpoint
+
+    payload = convert_checkpoint(args.source, args.destination, args.format)
+    summary = {key: payload["source"][key] for key in ("path", "sha256", "epoch", "best_score")}
+    print(json.dumps({"destination": args.destination, **summary}, indent=2))
+    return 0
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    from .predict import predict_images
+
+    predict_images(
+        args.checkpoint, args.images, args.output, args.threshold, args.batch_size, args.device
+    )
+    return 0
+
+
+def _add_inference_parsers(commands) -> None:
+    from .convert import OFFICIAL_FORMAT
+    from .download import add_download_arguments, run_download
+    from .predict import DEFAULT_THRESHOLD
+
+    convert = commands.add_parser("convert", help="convert an official ADD-GCN checkpoint into ours")
+    convert.add_argument("--format", default=OFFICIAL_FORMAT, choices=[OFFICIAL_FORMAT],
+                         help="layout of the source checkpoint")
+    convert.add_argument("source", help="official checkpoint (.pth with a 'state_dict')")
+    convert.add_argument("destination", help="where to write the converted checkpoint (.pt)")
+    convert.set_defaults(handler=_convert_command)
+
+    predict = commands.add_parser("predict", help="label image files with a checkpoint, as JSON lines")
+    predict.add_argument("checkpoint", help="checkpoint of this package (trained or converted)")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--output", required=True, help="JSONL file to write, one line per image")
+    predict.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                         help="a label is predicted when its probability >= this value (default: %(default)s)")
+    predict.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    predict.add_argument("--device", default="cpu", help="torch device, for example cpu or cuda:0")
+    predict.set_defaults(handler=_predict_command)
+
+    download = commands.add_parser("download", help="download and extract VOC or COCO 2014")
+    add_download_arguments(download)
+    download.set_defaults(handler=run_download)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .batch import REPO_ROOT, add_batch_arguments, run_batch_command
     from .metrics import add_evaluate_arguments, run_evaluate
@@ -76,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="metrics from a predictions CSV and a labels CSV")
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
+
+    _add_inference_parsers(commands)
     return parser
 
 

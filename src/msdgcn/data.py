@@ -605,10 +605,21 @@ def voc20_view(dataset: MultiLabelDataset) -> MultiLabelDataset:
 # Registry
 
 
+# Datasets that `python -m msdgcn download` fetches (see download.py).
+DOWNLOADABLE_DATASETS: tuple[str, ...] = ("coco2014", "voc2007")
+
+
+def _download_hint(dataset_name: str, root: Path) -> str:
+    if dataset_name not in DOWNLOADABLE_DATASETS:
+        return ""
+    return f" Download it with `python -m msdgcn download {dataset_name} --root {root}`."
+
+
 def _require_folder(folder: Path, dataset_name: str, layout: str) -> None:
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"dataset folder for {dataset_name!r} not found: {folder}. Expected layout: {layout}"
+            f"dataset folder for {dataset_name!r} not found: {folder}. Expected layout: {layout}."
+            + _download_hint(dataset_name, folder)
         )
 
 
@@ -666,7 +677,10 @@ def _build_voc2007(root: Path, split: str) -> MultiLabelDataset:
     elif (root / "VOC2007").is_dir():
         devkit_dir = root
     else:
-        raise FileNotFoundError(f"no VOC2007 folder under {root}. Expected layout: {_VOC_LAYOUT}")
+        raise FileNotFoundError(
+            f"no VOC2007 folder under {root}. Expected layout: {_VOC_LAYOUT}."
+            + _download_hint("voc2007", root)
+        )
 
     # ML-GCN and ADD-GCN train on VOC 2007 trainval and test on test, so the generic names map there.
     split_aliases = {"train": "trainval", "val": "test"}
