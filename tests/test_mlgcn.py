@@ -229,6 +229,20 @@ def test_init_weights_reorder_correlation_by_name(glove_dir, tmp_path):
     torch.testing.assert_close(target.head.correlation, source.head.correlation[order][:, order])
 
 
+def test_fine_tuning_keeps_own_correlation(glove_dir, tmp_path):
+    names = npz_names(glove_dir / "voc.npz")
+    config = resolve_run("smoke", "ml-gcn", "coco-subset", "/data")
+    source = build_run_model(config, names, np.ones((4, 20), dtype=np.int8))
+    torch.save({"model": source.state_dict(), "class_names": names}, tmp_path / "source.pt")
+
+    targets = np.eye(20, dtype=np.int8)  # no pair of classes co-occurs: no edges
+    config.init_weights = str(tmp_path / "source.pt")
+    model = build_run_model(config, names, targets)
+
+    torch.testing.assert_close(model.head.correlation, torch.eye(20))
+    torch.testing.assert_close(model.head.gc1.weight, source.head.gc1.weight)
+
+
 # ---------------------------------------------------------------------------------------------
 # Smoke run through the real path, then the tables
 # ---------------------------------------------------------------------------------------------

@@ -87,7 +87,8 @@ def build_run_model(
 
     The ML-GCN head needs `train_targets` (N, C), the training split's labels: its correlation
     matrix counts a difficult label (-1) as present only when `config.difficult_as` is
-    "positive", as training does. `results_root` fills the placeholder in `init_weights`.
+    "positive", as training does, and it stays the run's own after `init_weights` are loaded.
+    `results_root` fills the placeholder in `init_weights`.
     """
     model_config = ModelConfig(**{**config.model, "num_classes": len(class_names)})
     label_targets = None
@@ -101,7 +102,11 @@ def build_run_model(
     model = build_model(model_config, class_names, label_targets)
     if config.init_weights:
         path = resolve_init_weights(config.init_weights, results_root)
+        own_correlation = model.head.correlation.clone() if model_config.head == "ml-gcn" else None
         load_init_weights(model, path, list(class_names))
+        if own_correlation is not None:
+            # The weights file may carry the correlation matrix of another training set.
+            model.head.correlation.copy_(own_correlation)
     return model
 
 
