@@ -133,7 +133,8 @@ def _table3_rows(depth: int, ml_gcn_milestones: tuple[int, ...] = ()) -> dict[st
         ),
         "ml-gcn": dict(
             description=f"ML-GCN on ResNet-{depth}: max-pooled image features, GCN classifiers from GloVe",
-            # hidden_dim 1024: the output size of ML-GCN's first GCN layer.
+            # GloVe node inputs, as ML-GCN's demo scripts read them, and hidden_dim 1024, the
+            # output size of its first GCN layer (models.py, GCNResnet).
             model=dict(head="ml-gcn", backbone=resnet, label_embedding="glove", hidden_dim=1024),
             optim=dict(ML_GCN_RECIPE, milestones=ml_gcn_milestones),
         ),
