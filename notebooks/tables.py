@@ -72,7 +72,8 @@ print("no run has saved labels yet" if chance is None else f"chance-level mAP on
 #
 # These rows start from ImageNet weights, so their accuracy means something even at this small
 # scale. They compare LeakyReLU with GELU and SGD + MultiLabelSoftMarginLoss with Adam +
-# BCEWithLogitsLoss on the ADD-GCN head, beside a global-average-pooling reference.
+# BCEWithLogitsLoss on the ADD-GCN head, beside global average and max pooling references and
+# the ML-GCN head (GloVe label embeddings, ML-GCN's own SGD recipe).
 
 # %%
 head_variants = [v for v in DEFAULT_VARIANTS.get(profile, ()) if v.startswith("head-")]
@@ -88,15 +89,18 @@ else:
 # %% [markdown]
 # ## Table 1: MS-COCO, all labels and top-3
 #
-# The cited rows are as the paper prints them. Our rows are named by what ran (model, backbone,
-# initialisation, variant), each with its scale and a link to its run; they are far smaller runs
-# than the paper's and are not comparable to its numbers.
+# The cited rows are as the paper prints them; the paper in turn cites every row but its own
+# from other publications. Our rows are named by what ran (model, backbone, initialisation,
+# variant): the ResNet baseline with average (GAP) and max (GMP) pooling, ML-GCN, ADD-GCN and the
+# paper's model, each beside its head-check counterpart on EfficientNet-Lite0. Each has its
+# scale and a link to its run, or reads "not run" with the command that fills it. They are far
+# smaller runs than the paper's and are not comparable to its numbers.
 
 # %%
 table1 = tables.table1(results_root, profile, dataset)
 tables.save_table(table1, table_dir / f"table1_{dataset}.csv")
-missing = tables.not_run(results_root, profile, dataset)
-print(f"variants not run on {dataset}: {', '.join(missing) or 'none'}")
+caption = tables.scale_caption(results_root, profile, dataset)
+display(Markdown(f"*Table 1. {caption} Cited rows: MS-COCO 2014 validation, as printed in the paper.*"))
 HTML(tables.link_runs(table1).to_html(escape=False))
 
 # %% [markdown]
@@ -104,12 +108,14 @@ HTML(tables.link_runs(table1).to_html(escape=False))
 #
 # On this machine the VOC code path can run on the VOC-20 view of coco-subset (its 20 VOC
 # classes, renamed), so a measured row here would check that path, not reproduce a VOC-2007
-# result. The main job does not run it; `python -m msdgcn batch --dataset coco-subset-voc20
-# --data-root ../shared/data/coco-subset --variants head-gap head-e` adds such rows.
+# result. The main job does not run it; the command in each "not run" row adds that row, for
+# example `python -m msdgcn batch --profile cpu --dataset coco-subset-voc20 --data-root
+# ../shared/data/coco-subset --variants head-gap head-mlgcn head-e`. An ML-GCN run on this view
+# reads the GloVe vectors of VOC's class names and counts co-occurrence on its training images.
 
 # %%
 table2 = tables.table2(results_root, profile, voc_dataset)
 tables.save_table(table2, table_dir / f"table2_{voc_dataset}.csv")
-missing = tables.not_run(results_root, profile, voc_dataset)
-print(f"variants not run on {voc_dataset}: {', '.join(missing) or 'none'}")
+caption = tables.scale_caption(results_root, profile, voc_dataset)
+display(Markdown(f"*Table 2. {caption} Cited rows: PASCAL VOC 2007 test, as printed in the paper.*"))
 HTML(tables.link_runs(table2).to_html(escape=False))

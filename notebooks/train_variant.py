@@ -22,7 +22,7 @@
 # executed copy beside the results; opened in Jupyter, it trains the default variant below.
 
 # %% tags=["parameters"]
-variant = "head-e"  # Table 3 row a-e, "gap", or a head-check row "head-gap", "head-a", "head-d", "head-e"
+variant = "head-e"  # Table 3 row a-e, "gap", "gmp", "ml-gcn", or a head-check row such as "head-e"
 profile = "cpu"  # "paper" (GPUs), "cpu" (this machine), "smoke" (tests)
 dataset = "coco-subset"  # "coco-subset", "coco-subset-voc20", "coco2014", "voc2007"
 data_root = "../../shared/data/coco-subset"  # relative to this notebook's folder
@@ -125,10 +125,11 @@ pd.DataFrame(
 # ## Model
 #
 # The backbone's last-stage feature map feeds the head: SAM and D-GCN for ADD-GCN variants, global
-# pooling and a linear layer for the GAP baseline.
+# pooling and a linear layer for the GAP and GMP baselines, and for ML-GCN global max pooling with
+# classifiers from a GCN over label embeddings, whose correlation matrix counts the training labels.
 
 # %%
-model = build_run_model(config, train_set.class_names)
+model = build_run_model(config, train_set.class_names, train_set.targets, results_root)
 pd.DataFrame(
     {
         "parameters": [

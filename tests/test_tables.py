@@ -11,23 +11,23 @@ from msdgcn import tables
 from msdgcn.metrics import write_matrix_csv
 
 
-def write_run(root, variant, mAP=0.5):
-    run_dir = root / "cpu" / "coco-subset" / variant
+def write_run(root, variant, mAP=0.5, dataset="coco-subset", per_class_AP=None):
+    run_dir = root / "cpu" / dataset / variant
     run_dir.mkdir(parents=True)
     metrics = {key: 0.25 for key in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
     run = {
         "variant": variant,
         "profile": "cpu",
-        "dataset": "coco-subset",
+        "dataset": dataset,
         "table3": {"mAP": mAP, "CF1": 0.4, "OF1": 0.45, "batch_time": 1.234, "average_loss": 0.0812, "best_epoch": 2},
-        "metrics": {"mAP": mAP, **metrics, "top3": dict(metrics), "per_class_AP": {}},
+        "metrics": {"mAP": mAP, **metrics, "top3": dict(metrics), "per_class_AP": per_class_AP or {}},
         "config": {
             "model": {"backbone": "resnet50", "pretrained": None},
             "image_size": 128,
             "epochs": 2,
             "optim": {"optimizer": "adam", "loss": "bce", "lr": 0.003, "backbone_lr_mult": 0.1, "milestones": [5], "gamma": 0.1},
         },
-        "provenance": {"seed": 0, "train_data": {"images": 514}},
+        "provenance": {"seed": 0, "train_data": {"images": 514}, "val_data": {"images": 124}},
     }
     (run_dir / "metrics.json").write_text(json.dumps(run))
     return run_dir
@@ -60,7 +60,80 @@ def test_table1_names_what_ran(tmp_path):
     assert table.loc[name, "run"] == "results/cpu/coco-subset/e/train_variant.ipynb"
     assert table.loc["MSD-GCN (paper)", "all mAP"] == 87.1
     assert table.loc["DecoupleNet", "top-3 CP"] == "not reported"
-    assert tables.not_run(tmp_path, "cpu", "coco-subset") == ["gap", "head-gap", "a", "head-a", "head-e"]
+    assert tables.not_run(tmp_path, "cpu", "coco-subset") == [
+        "gap", "gmp", "head-gap", "head-gmp", "ml-gcn", "head-mlgcn", "a", "head-a", "head-e",
+    ]  # fmt: skip
+
+
+def test_table1_fills_gmp_and_ml_gcn_rows(tmp_path):
+    write_run(tmp_path, "gmp", mAP=0.2)
+    write_run(tmp_path, "ml-gcn", mAP=0.3)
+    table = tables.table1(tmp_path, "cpu", "coco-subset")
+
+    assert table.loc["ours: GMP baseline, resnet50, random init (gmp)", "all mAP"] == 20.0
+    ml_gcn = table.loc["ours: ML-GCN, resnet50, random init (ml-gcn)"]
+    assert ml_gcn["all mAP"] == 30.0
+    assert ml_gcn["top-3 OF1"] == 25.0
+    assert ml_gcn["source"] == "measured: cpu profile, coco-subset"
+    assert table.loc["ML-GCN", "all mAP"] == 83.0
+    assert table.loc["ML-GCN", "source"] == "cited by the paper"
+
+    head_row = table.loc["ours: ML-GCN head, efficientnet_lite0, ImageNet init (head-mlgcn)"]
+    assert head_row["all mAP"] == "not run"
+    assert head_row["scale"] == "not run"
+    assert head_row["run"] == (
+        "python -m msdgcn batch --profile cpu --dataset coco-subset "
+        "--data-root ../shared/data/coco-subset --variants head-mlgcn"
+    )
+    # Rows of ours follow the paper's order: baselines, ML-GCN, ADD-GCN, the paper's model.
+    ours = [name.rsplit("(", 1)[1].rstrip(")") for name in table.index if name.startswith("ours:")]
+    assert ours == list(tables.MEASURED_VARIANTS)
+
+
+def test_table2_fills_ml_gcn_per_class(tmp_path):
+    per_class = {name: index / 100 for index, name in enumerate(tables.paper.VOC_CLASSES)}
+    write_run(tmp_path, "ml-gcn", mAP=0.4, dataset="coco-subset-voc20", per_class_AP=per_class)
+    table = tables.table2(tmp_path, "cpu", "coco-subset-voc20")
+    row = table.loc["ours: ML-GCN, resnet50, random init (ml-gcn)"]
+    assert row["aeroplane"] == 0.0
+    assert row["tvmonitor"] == 19.0
+    assert row["mAP"] == 40.0
+    assert table.loc["ours: GMP baseline, resnet50, random init (gmp)", "mAP"] == "not run"
+    assert table.loc["SSGRL", "mAP"] == 95.0
+
+
+def test_scale_caption_names_run_scale(tmp_path):
+    assert tables.scale_caption(tmp_path, "cpu", "coco-subset") == "Ours: no run of the cpu profile on coco-subset yet."
+    write_run(tmp_path, "ml-gcn")
+    assert tables.scale_caption(tmp_path, "cpu", "coco-subset") == (
+        "Ours: cpu profile on coco-subset, 128 px, 2 epochs, seed 0, 124 validation images."
+    )
+
+
+def test_cited_numbers_match_paper_text(shared_dir):
+    """Every cited row of Tables 1 and 2 equals the paper's printed row ("-" as not reported)."""
+    text = (shared_dir / "paper" / "msd-gcn-paper.md").read_text().replace("<b>", "").replace("</b>", "")
+    table1_text = text[text.index("Table 1 The proposed") : text.index("Table 2 Comparison")]
+    table2_text = text[text.index("Table 2 Comparison") : text.index("Table 3 The")]
+    names = {"Our": "MSD-GCN (paper)"}
+
+    def printed_rows(section, methods):
+        rows = {}
+        for line in section.splitlines():
+            cells = line.split("\t")
+            name = names.get(cells[0], cells[0])
+            if name in methods:
+                rows[name] = [np.nan if cell == "-" else float(cell) for cell in cells[1:]]
+        return rows
+
+    printed1 = printed_rows(table1_text, tables.paper.TABLE1)
+    assert set(printed1) == set(tables.paper.TABLE1)
+    for method, (all_values, top3_values) in tables.paper.TABLE1.items():
+        np.testing.assert_array_equal(printed1[method], [*all_values, *top3_values], err_msg=method)
+    printed2 = printed_rows(table2_text, tables.paper.TABLE2)
+    assert set(printed2) == set(tables.paper.TABLE2)
+    for method, values in tables.paper.TABLE2.items():
+        np.testing.assert_array_equal(printed2[method], values, err_msg=method)
 
 
 def test_recipe_names_lr_and_schedule(tmp_path):

@@ -2,7 +2,7 @@
 
     config = resolve_run(...)            # profiles.py
     train_set, val_set = build_run_data(config)
-    model = build_run_model(config, train_set.class_names)
+    model = build_run_model(config, train_set.class_names, train_set.targets, results_root)
     trainer = Trainer(...); trainer.fit()
     result = finish_run(config, trainer, run_dir, wall_seconds)
 
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 
@@ -36,12 +37,13 @@ from .data import (
     build_train_transform,
     check_images_exist,
     find_unreadable_images,
+    training_targets,
 )
 from .engine import Trainer, evaluate, load_checkpoint, load_init_weights
 from .metrics import write_matrix_csv, write_text_atomically
 from .models import ModelConfig, build_model
 from .models.backbone import PYPI_LITE0_NORMALIZATION, PYPI_LITE0_SOURCE
-from .profiles import RunConfig
+from .profiles import RESULTS_ROOT_PLACEHOLDER, RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +54,59 @@ def run_dir_for(results_root: str | Path, config: RunConfig) -> Path:
     return Path(results_root) / config.profile / config.dataset / config.variant
 
 
-def build_run_model(config: RunConfig, class_names: list[str]) -> torch.nn.Module:
-    """Build the variant's model with the dataset's class count and optional fine-tuning init."""
+def resolve_init_weights(init_weights: str, results_root: str | Path | None) -> Path:
+    """Return the fine-tuning weights file, with the results-root placeholder filled in.
+
+    The paper profile's VOC runs start from `{results_root}/paper/coco2014/<variant>/...`, the
+    best checkpoint of the same variant on COCO. Raises FileNotFoundError naming the file.
+    """
+    if RESULTS_ROOT_PLACEHOLDER in init_weights:
+        if results_root is None:
+            raise ValueError(f"init_weights {init_weights!r} needs the results root folder; pass results_root")
+        init_weights = init_weights.replace(RESULTS_ROOT_PLACEHOLDER, str(results_root))
+    path = Path(init_weights)
+    if not path.is_file():
+        advice = "pass an existing file as init_weights (batch --init-weights)"
+        parts = path.parts
+        if len(parts) >= 5 and parts[-5:-3] == ("paper", "coco2014") and parts[-2:] == ("checkpoints", "best.pt"):
+            advice = (
+                f"train the COCO run first (python -m msdgcn batch --profile paper --dataset coco2014 "
+                f"--variants {parts[-3]} --data-root COCO_DIR), or {advice}"
+            )
+        raise FileNotFoundError(f"init_weights file not found: {path}; {advice}")
+    return path
+
+
+def build_run_model(
+    config: RunConfig,
+    class_names: list[str],
+    train_targets: np.ndarray | None = None,
+    results_root: str | Path | None = None,
+) -> torch.nn.Module:
+    """Build the variant's model with the dataset's class count and optional fine-tuning init.
+
+    The ML-GCN head needs `train_targets` (N, C), the training split's labels: its correlation
+    matrix counts a difficult label (-1) as present only when `config.difficult_as` is
+    "positive", as training does, and it stays the run's own after `init_weights` are loaded.
+    `results_root` fills the placeholder in `init_weights`.
+    """
     model_config = ModelConfig(**{**config.model, "num_classes": len(class_names)})
-    model = build_model(model_config)
+    label_targets = None
+    if model_config.head == "ml-gcn":
+        if train_targets is None:
+            raise ValueError(
+                f"variant {config.variant!r} has an ML-GCN head, which builds its correlation matrix "
+                "from the training labels; pass train_targets (train_set.targets)"
+            )
+        label_targets = training_targets(np.asarray(train_targets), config.difficult_as)
+    model = build_model(model_config, class_names, label_targets)
     if config.init_weights:
-        load_init_weights(model, config.init_weights, list(class_names))
+        path = resolve_init_weights(config.init_weights, results_root)
+        own_correlation = model.head.correlation.clone() if model_config.head == "ml-gcn" else None
+        load_init_weights(model, path, list(class_names))
+        if own_correlation is not None:
+            # The weights file may carry the correlation matrix of another training set.
+            model.head.correlation.copy_(own_correlation)
     return model
 
 
@@ -241,11 +290,15 @@ def finish_run(
 
 
 def train_run(config: RunConfig, run_dir: Path, resume: bool = True, progress: bool = True) -> dict:
-    """Run every step without a notebook: the entry point for scripts and `python -m msdgcn train`."""
+    """Run every step without a notebook: the entry point for scripts and `python -m msdgcn train`.
+
+    `run_dir` is `run_dir_for(results_root, config)`, so the results root is three folders up.
+    """
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     train_set, val_set = build_run_data(config)
-    model = build_run_model(config, train_set.class_names)
+    results_root = Path(run_dir).resolve().parents[2]
+    model = build_run_model(config, train_set.class_names, train_set.targets, results_root)
     trainer = Trainer(config, model, train_set, val_set, Path(run_dir) / "checkpoints", progress)
     if resume:
         trainer.resume()

@@ -1,7 +1,8 @@
 """Tables 1-3 of Luo and Lin's MSD-GCN paper with our measured rows, from results files only.
 
-A cell of ours comes from a run's `metrics.json`; a row with no results file reads "not run" and
-never shows a number. The paper's numbers sit beside ours, marked as cited.
+A cell of ours comes from a run's `metrics.json`; a row with no results file reads "not run",
+with the command that would fill it, and never shows a number. The paper's numbers sit beside
+ours, marked as cited: the paper itself cites every row but its own from other publications.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import pandas as pd
 
 from . import paper_numbers as paper
 from .metrics import read_matrix_csv
-from .profiles import PROFILES
+from .profiles import PROFILES, resolve_run
 
 logger = logging.getLogger(__name__)
 
 NOT_RUN = "not run"
+CITED = "cited by the paper"
 
 
 def load_runs(results_root: str | Path, profile: str, dataset: str) -> dict[str, dict[str, Any]]:
@@ -127,11 +129,29 @@ def variant_table(results_root: str | Path, profile: str, dataset: str, variants
     return pd.DataFrame(rows).set_index("variant")
 
 
-# Our variants that correspond to rows of Tables 1 and 2, in the order of the paper's rows.
-MEASURED_VARIANTS = ("gap", "head-gap", "a", "head-a", "e", "head-e")
+# Our variants that correspond to rows of Tables 1 and 2, in the order of the paper's rows:
+# the ResNet baseline (GAP, then GMP), ML-GCN, ADD-GCN, and the paper's model.
+MEASURED_VARIANTS = (
+    "gap", "gmp", "head-gap", "head-gmp", "ml-gcn", "head-mlgcn", "a", "head-a", "e", "head-e",
+)  # fmt: skip
 
-MODEL_NAMES = {"gap": "GAP baseline", "a": "ADD-GCN", "e": "MSD-GCN (switches b-e)"}
-HEAD_NAMES = {"head-gap": "GAP baseline", "head-a": "ADD-GCN head", "head-e": "ADD-GCN head + GELU + Adam/BCE"}
+MODEL_NAMES = {
+    "gap": "GAP baseline",
+    "gmp": "GMP baseline",
+    "ml-gcn": "ML-GCN",
+    "a": "ADD-GCN",
+    "e": "MSD-GCN (switches b-e)",
+}
+HEAD_NAMES = {
+    "head-gap": "GAP baseline",
+    "head-gmp": "GMP baseline",
+    "head-mlgcn": "ML-GCN head",
+    "head-a": "ADD-GCN head",
+    "head-e": "ADD-GCN head + GELU + Adam/BCE",
+}
+
+# The data root that a "not run" row's command names, by dataset.
+DATA_ROOTS = {"coco-subset": "../shared/data/coco-subset", "coco-subset-voc20": "../shared/data/coco-subset"}
 
 
 def row_name(run: dict[str, Any]) -> str:
@@ -142,15 +162,39 @@ def row_name(run: dict[str, Any]) -> str:
     return f"ours: {name}, {model['backbone']}, {weights} ({variant})"
 
 
+def fill_command(profile: str, dataset: str, variant: str) -> str:
+    """Return the command that trains a variant and writes the results file its row reads."""
+    data_root = DATA_ROOTS.get(dataset, "DATA_DIR")
+    return (
+        f"python -m msdgcn batch --profile {profile} --dataset {dataset} "
+        f"--data-root {data_root} --variants {variant}"
+    )
+
+
+def _not_run_row(profile: str, dataset: str, variant: str, columns: list[str]) -> dict[str, Any]:
+    """Build the row of a variant without a results file: named as it would run, cells "not run"."""
+    config = resolve_run(profile, variant, dataset, DATA_ROOTS.get(dataset, "DATA_DIR")).to_dict()
+    return {
+        "method": row_name({"variant": variant, "config": config}),
+        "source": f"not run: {profile} profile, {dataset}",
+        "scale": NOT_RUN,
+        "run": fill_command(profile, dataset, variant),
+        **{column: NOT_RUN for column in columns},
+    }
+
+
 def _measured_rows(runs, profile: str, dataset: str, columns: list[str], values_of) -> list[dict]:
     """Rows of ours for Tables 1 and 2; `values_of(run)` gives a measured row's cells.
 
-    Variants without a results file get no row here: the notebook lists them as not run.
+    A variant of the profile without a results file gets a "not run" row, and its run column is
+    the command that fills it. Variants that the profile lacks get no row.
     """
     rows = []
     for variant in MEASURED_VARIANTS:
         run = runs.get(variant)
         if run is None:
+            if variant in PROFILES[profile].variants:
+                rows.append(_not_run_row(profile, dataset, variant, columns))
             continue
         rows.append(
             {
@@ -164,6 +208,29 @@ def _measured_rows(runs, profile: str, dataset: str, columns: list[str], values_
     return rows
 
 
+def scale_caption(results_root: str | Path, profile: str, dataset: str) -> str:
+    """Describe the scale of the measured rows of Tables 1 and 2 for their caption.
+
+    Lists each distinct image size, epoch count, seed and number of validation images among the
+    finished runs of `MEASURED_VARIANTS`, or states that none has run.
+    """
+    runs = load_runs(results_root, profile, dataset)
+    measured = [runs[variant] for variant in MEASURED_VARIANTS if variant in runs]
+    if not measured:
+        return f"Ours: no run of the {profile} profile on {dataset} yet."
+
+    def distinct(values) -> str:
+        return ", ".join(str(value) for value in sorted(set(values)))
+
+    return (
+        f"Ours: {profile} profile on {dataset}, "
+        f"{distinct(run['config']['image_size'] for run in measured)} px, "
+        f"{distinct(run['config']['epochs'] for run in measured)} epochs, "
+        f"seed {distinct(run['provenance']['seed'] for run in measured)}, "
+        f"{distinct(run['provenance']['val_data']['images'] for run in measured)} validation images."
+    )
+
+
 def not_run(results_root: str | Path, profile: str, dataset: str) -> list[str]:
     """Return the variants of Tables 1 and 2 that have no results file for this dataset."""
     runs = load_runs(results_root, profile, dataset)
@@ -172,10 +239,10 @@ def not_run(results_root: str | Path, profile: str, dataset: str) -> list[str]:
 
 
 def table1(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame:
-    """Table 1: all and top-3 metrics, the paper's rows (cited) and our measured rows."""
+    """Table 1: all and top-3 metrics, the paper's rows (cited), then ours (measured or not run)."""
     columns = [f"all {k}" for k in paper.METRIC_KEYS] + [f"top-3 {k}" for k in paper.TOP3_KEYS]
     rows = [
-        {"method": method, "source": "cited by the paper", **dict(zip(columns, _reported(*all_values, *top3_values)))}
+        {"method": method, "source": CITED, **dict(zip(columns, _reported(*all_values, *top3_values)))}
         for method, (all_values, top3_values) in paper.TABLE1.items()
     ]
 
@@ -189,10 +256,10 @@ def table1(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame
 
 
 def table2(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame:
-    """Table 2: per-class AP on the 20 VOC classes, cited rows and our measured rows."""
+    """Table 2: per-class AP on the 20 VOC classes, cited rows, then ours (measured or not run)."""
     columns = [*paper.VOC_CLASSES, "mAP"]
     rows = [
-        {"method": method, "source": "cited by the paper", **dict(zip(columns, _reported(*values)))}
+        {"method": method, "source": CITED, **dict(zip(columns, _reported(*values)))}
         for method, values in paper.TABLE2.items()
     ]
 

@@ -1,4 +1,4 @@
-"""Models: timm backbones (optionally with CBAM), the ADD-GCN and pooling heads, weights.
+"""Models: timm backbones (optionally with CBAM), the ADD-GCN, ML-GCN and pooling heads, weights.
 
 Build a model from a config with `build_model(ModelConfig(...))`.
 """
@@ -19,6 +19,14 @@ from .heads import (
     SemanticAttention,
     make_activation,
 )
+from .mlgcn import (
+    GraphConvolution,
+    MLGCNHead,
+    correlation_matrix,
+    label_cooccurrence,
+    load_glove,
+    normalized_adjacency,
+)
 from .model import ModelConfig, MultiLabelModel, build_head, build_model, config_from_dict
 from .weights import (
     TIMM_SOURCE,
@@ -32,6 +40,8 @@ __all__ = [
     "ADDGCNHead",
     "DynamicGCN",
     "GlobalPoolHead",
+    "GraphConvolution",
+    "MLGCNHead",
     "ModelConfig",
     "MultiLabelModel",
     "PYPI_LITE0_SOURCE",
@@ -44,11 +54,15 @@ __all__ = [
     "build_model",
     "cbam_block_args",
     "config_from_dict",
+    "correlation_matrix",
     "create_backbone",
     "efficientnet_lite0_pypi_state_dict",
+    "label_cooccurrence",
     "load_backbone_weights",
+    "load_glove",
     "make_activation",
     "map_state_dict_by_order",
+    "normalized_adjacency",
     "read_checkpoint",
     "residual_blocks",
 ]

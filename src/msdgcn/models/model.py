@@ -5,18 +5,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from torch import Tensor, nn
 
 from .backbone import backbone_data_config, create_backbone
 from .heads import ACTIVATIONS, POOLINGS, ADDGCNHead, GlobalPoolHead
+from .mlgcn import LABEL_EMBEDDINGS, build_mlgcn_head
 from .weights import load_backbone_weights
 
 logger = logging.getLogger(__name__)
 
-HEADS = ("add-gcn", "gap")
+HEADS = ("add-gcn", "gap", "ml-gcn")
 
 
 @dataclass
@@ -24,7 +26,8 @@ class ModelConfig:
     """Model settings. `dataclasses.asdict` and `config_from_dict` convert them to and from a dict.
 
     Attributes:
-        head: "add-gcn" (SAM + D-GCN) or "gap" (global pooling + linear baseline).
+        head: "add-gcn" (SAM + D-GCN), "gap" (global pooling + linear baseline) or "ml-gcn"
+            (global max pooling + classifiers from a GCN over label embeddings).
         backbone: a timm model name, such as "resnet101", "res2net101_26w_4s" or
             "efficientnet_lite0".
         num_classes: number of labels C.
@@ -32,10 +35,16 @@ class ModelConfig:
         cbam: put CBAM into every residual block of a ResNet or Res2Net backbone.
         activation: "leaky_relu" (ADD-GCN) or "gelu" (MSD-GCN) in D-GCN, and GELU on SAM's
             transformed map when "gelu".
-        hidden_dim: D1, the size of the category representations.
+        hidden_dim: D1, the size of the category representations (ADD-GCN), or the output
+            size of ML-GCN's first GCN layer.
         pretrained: None (random initialisation), "timm" (timm hub, needs internet),
             "efficientnet-lite0-pypi" (offline, backbone "efficientnet_lite0" only) or the
             path of a local state-dict file.
+        label_embedding: ML-GCN's node inputs, "glove" (ML-GCN's 300-d GloVe vectors of the
+            class names) or "learned" (a trained (C, label_embedding_dim) parameter).
+        label_embedding_file: the `.npz` file of GloVe vectors; None picks the file in
+            $MSDGCN_ML_GCN_DATA or ../shared/data/ml-gcn that names every class.
+        label_embedding_dim: the input size of the learned embeddings.
     """
 
     head: str = "add-gcn"
@@ -46,6 +55,9 @@ class ModelConfig:
     activation: str = "leaky_relu"
     hidden_dim: int = 1024
     pretrained: str | None = None
+    label_embedding: str = "glove"
+    label_embedding_file: str | None = None
+    label_embedding_dim: int = 300
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -60,6 +72,14 @@ class ModelConfig:
             raise ValueError(f"num_classes must be at least 1, got {self.num_classes}")
         if self.hidden_dim < 1:
             raise ValueError(f"hidden_dim must be at least 1, got {self.hidden_dim}")
+        if self.label_embedding not in LABEL_EMBEDDINGS:
+            raise ValueError(
+                f"unknown label_embedding {self.label_embedding!r}; expected one of {LABEL_EMBEDDINGS}"
+            )
+        if self.label_embedding_dim < 1:
+            raise ValueError(f"label_embedding_dim must be at least 1, got {self.label_embedding_dim}")
+        if isinstance(self.label_embedding_file, os.PathLike):
+            self.label_embedding_file = os.fspath(self.label_embedding_file)
         if isinstance(self.pretrained, os.PathLike):
             self.pretrained = os.fspath(self.pretrained)
 
@@ -83,7 +103,7 @@ class MultiLabelModel(nn.Module):
 
     Attributes:
         backbone: the timm model; its `forward_features` gives the map (B, D, H', W').
-        head: `ADDGCNHead` or `GlobalPoolHead`.
+        head: `ADDGCNHead`, `GlobalPoolHead` or `MLGCNHead`.
         config: the `ModelConfig` the model was built from.
         data_config: input normalization {'mean': (3,), 'std': (3,)} for the transforms.
         weights_report: the `load_backbone_weights` report, or None with random weights.
@@ -113,7 +133,8 @@ class MultiLabelModel(nn.Module):
     def forward_details(self, images: Tensor) -> dict[str, Tensor]:
         """Return the head's details: always 'logits' and 'activation_maps' (B, C, H', W').
 
-        The ADD-GCN head adds sam_logits, gcn_logits, static_adjacency and dynamic_adjacency.
+        The ADD-GCN head adds sam_logits, gcn_logits, static_adjacency and dynamic_adjacency;
+        the ML-GCN head adds image_features, classifiers, correlation and adjacency.
         """
         return self.head.forward_details(self.backbone.forward_features(images))
 
@@ -131,18 +152,42 @@ class MultiLabelModel(nn.Module):
         ]
 
 
-def build_head(config: ModelConfig, in_channels: int) -> nn.Module:
-    """Build the head named by `config.head` for a backbone with `in_channels` features."""
+def build_head(
+    config: ModelConfig,
+    in_channels: int,
+    class_names: Sequence[str] | None = None,
+    label_targets: np.ndarray | None = None,
+) -> nn.Module:
+    """Build the head named by `config.head` for a backbone with `in_channels` features.
+
+    Only the ML-GCN head reads `class_names` (its GloVe rows) and `label_targets` (N, C), the
+    training labels with 1 = present that its correlation matrix counts.
+    """
     if config.head == "gap":
         return GlobalPoolHead(in_channels, config.num_classes, config.pooling)
+    if config.head == "ml-gcn":
+        return build_mlgcn_head(
+            in_channels,
+            config.num_classes,
+            config.hidden_dim,
+            config.label_embedding,
+            config.label_embedding_file,
+            config.label_embedding_dim,
+            class_names,
+            label_targets,
+        )
     return ADDGCNHead(in_channels, config.num_classes, config.hidden_dim, config.activation)
 
 
-def build_model(config: ModelConfig) -> MultiLabelModel:
+def build_model(
+    config: ModelConfig,
+    class_names: Sequence[str] | None = None,
+    label_targets: np.ndarray | None = None,
+) -> MultiLabelModel:
     """Build the backbone, load its pretrained weights if `config.pretrained` is set, add the head.
 
     The head and any backbone tensor without pretrained weights keep PyTorch's default
-    initialisation.
+    initialisation. `class_names` and `label_targets` go to `build_head`.
     """
     backbone = create_backbone(config.backbone, cbam=config.cbam)
 
@@ -150,7 +195,7 @@ def build_model(config: ModelConfig) -> MultiLabelModel:
     if config.pretrained is not None:
         weights_report = load_backbone_weights(backbone, config.pretrained)
 
-    head = build_head(config, backbone.num_features)
+    head = build_head(config, backbone.num_features, class_names, label_targets)
     data_config = backbone_data_config(backbone, config.pretrained)
     logger.info("built model: %s", config)
     return MultiLabelModel(backbone, head, config, data_config, weights_report)
