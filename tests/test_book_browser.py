@@ -43,9 +43,10 @@ SCREENSHOT_PAGES = {
     "title": "book/intro.html",
     "table3": "results/cpu/tables.html",
     "attention": "results/cpu/attention.html",
+    "discrepancies": "results/discrepancies/discrepancies.html",
 }
 # Pages that state equations, so MathJax must have typeset at least one on each.
-PAGES_WITH_MATH = ("book/method.html", "results/figures/figures.html")
+PAGES_WITH_MATH = ("book/method.html", "results/figures/figures.html", "results/discrepancies/discrepancies.html")
 VIEWPORT = {"width": 1280, "height": 900}
 # A full-page screenshot is cut at this height (CSS pixels) to keep the PNG small.
 MAX_SCREENSHOT_HEIGHT = 3000
