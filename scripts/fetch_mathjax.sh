@@ -19,7 +19,7 @@ fi
 
 if [ ! -f "$TARBALL" ]; then
     if ! command -v npm >/dev/null; then
-        echo "npm not found: install it (Debian: apt-get install npm) to fetch MathJax $VERSION" >&2
+        echo "npm not found: install it (bash scripts/install_system_packages.sh) to fetch MathJax $VERSION" >&2
         exit 1
     fi
     mkdir -p "$CACHE"

@@ -66,7 +66,10 @@ def _require_chromium() -> str:
     chromium = _find_chromium()
     message = None
     if chromium is None:
-        message = "Chromium not found at /usr/bin/chromium; install it (bash scripts/install_chromium.sh) or set MSDGCN_CHROMIUM"
+        message = (
+            "Chromium not found (looked at MSDGCN_CHROMIUM, chromium on PATH and /usr/bin/chromium); "
+            "install it with bash scripts/install_system_packages.sh, or set MSDGCN_CHROMIUM"
+        )
     elif websocket is None:
         message = "websocket-client is not installed; run: pip install websocket-client"
     if message is not None:
