@@ -101,8 +101,9 @@ assert sam_modules.loc["transform_activation"].tolist() == ["Identity", "GELU"]
 sam_modules
 
 # %% [markdown]
-# The official checkpoint's key layout (the names and shapes of its state dict, recorded from the
-# released ResNet-101 COCO model) shows the same head. Every head tensor has a counterpart of
+# The key layout of the official state dict (the names and shapes of its tensors for the
+# ResNet-101 model with 80 classes, as the official `models/add_gcn.py` defines it) shows the
+# same head. Every head tensor has a counterpart of
 # the same shape in our `ADDGCNHead` (C = 80, D1 = 1024). SAM owns `fc` (the class maps, no
 # bias) and `conv_transform` (the 1×1 convolution to $X'$), and nothing else.
 # The official classifier is a `Conv1d` whose weight ends in a size-1 axis that ours lacks. Its
