@@ -36,6 +36,7 @@ output_dir = "../results/figures"  # relative to this notebook's folder
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -113,6 +114,8 @@ error_table = pd.DataFrame(
     }
 )
 print(f"grid: {errors['num']} points on [{errors['lo']}, {errors['hi']}], step {errors['step']:.1e}")
+for key, equation in (("tanh", "(7)"), ("sigmoid", "(8)")):
+    print(f"max |eq. {equation} - x Phi(x)| on [-6, 6] = {errors[key]['max_abs_error']:.3e} at |x| = {abs(errors[key]['x_at_max']):.3f}")
 
 assert errors["tanh"]["max_abs_error"] < 4.8e-4
 assert errors["tanh"]["max_abs_error"] < 1e-3
@@ -139,12 +142,23 @@ fig = figures.plot_bce_loss(figure_dir / "bce_with_logits.png")
 
 # %% [markdown]
 # At $x = 0$ the sigmoid output is $1/2$, so both curves pass through $\log 2$ whatever the target.
+# For target 1 the loss falls as the logit grows, and for target 0 it rises. A confident wrong
+# logit costs about $|x|$ nats, and a confident right one almost nothing.
 
 # %%
 loss_at_zero = {y: float(figures.bce_with_logits(0.0, y)) for y in (0.0, 1.0)}
 print(loss_at_zero, f"log 2 = {math.log(2.0):.15f}")
 for value in loss_at_zero.values():
     assert math.isclose(value, math.log(2.0), rel_tol=1e-15)
+
+logits = np.linspace(-6.0, 6.0, 1201)
+loss_positive = figures.bce_with_logits(logits, 1.0)
+loss_negative = figures.bce_with_logits(logits, 0.0)
+assert (np.diff(loss_positive) < 0).all()
+assert (np.diff(loss_negative) > 0).all()
+print(f"target 1: loss {loss_positive[0]:.6f} at x = -6 and {loss_positive[-1]:.2e} at x = 6")
+assert abs(loss_positive[0] - 6.0) < 0.01
+assert loss_positive[-1] < 0.01
 
 # %% [markdown]
 # ## MultiLabelSoftMarginLoss and BCEWithLogitsLoss are the same number

@@ -12,3 +12,5 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 python -m pip install --quiet -e .
 python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
+# A pinned MathJax copy for the book, so that it renders equations offline.
+bash scripts/fetch_mathjax.sh
