@@ -24,8 +24,8 @@ from msdgcn.profiles import RunConfig
 def build_trainer(config: RunConfig, checkpoint_dir: Path, context=SINGLE_PROCESS) -> Trainer:
     """Build a Trainer whose training images skip the random crop and flip.
 
-    The augmentation draws of a rank depend on the rank, so with them one process and two would
-    see different pixels; without them both train on the same tensors.
+    Each rank draws its own augmentations, so with them one process and two processes would train
+    on different pixels. Without them, both train on the same tensors.
     """
     torch.manual_seed(config.seed)
     train_set, val_set = run.build_run_data(config)

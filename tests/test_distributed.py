@@ -43,7 +43,7 @@ def test_global_batches_split_over_ranks():
 
 def test_last_batch_dropped_on_every_rank():
     order = list(range(9))
-    # 9 images, global batch 4: the last batch holds one image, which BatchNorm cannot train on.
+    # 9 images, global batch 4: the last batch contains one image, which BatchNorm cannot train on.
     assert epoch_batches(order, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     for rank in range(3):
         assert len(epoch_batches(list(range(10)), 4, rank=rank, world_size=3)) == 2
@@ -119,3 +119,47 @@ def test_only_rank_zero_writes(two_process_run):
     assert written[1] == []
     assert sorted(Path(path).name for path in written[0]) == ["best.pt", "last.pt", "run"]
     assert not list((output / "run" / "checkpoints").glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_then_resume(tmp_path, coco_subset_dir):
+    import signal
+    import time
+
+    arguments = [
+        "-m", "msdgcn", "train", "--profile", "smoke", "--variant", "a", "--dataset", "coco-subset",
+        "--data-root", str(coco_subset_dir), "--results", str(tmp_path), "--no-progress", "--epochs", "2",
+        "--image-size", "32", "--max-train-images", "12", "--max-val-images", "5",
+    ]  # fmt: skip
+    command, environment = torchrun(arguments)
+    checkpoints = tmp_path / "smoke" / "coco-subset" / "a" / "checkpoints"
+    # 12 images in global batches of 4: three steps per epoch, each held for 1 s on both ranks.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**environment, "MSDGCN_TEST_STEP_DELAY": "1.0"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not (checkpoints / "last.pt").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out waiting for the first epoch"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)  # to torchrun, which sends SIGTERM to both ranks
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert stderr.count("SIGTERM received: stopped at epoch 2, step") == 1, stderr[-3000:]  # rank 0 only
+
+    interrupted = load_checkpoint(checkpoints / "last.pt")
+    assert interrupted["epoch"] == 1
+    assert 1 <= interrupted["partial_epoch"]["step"] <= 3
+    assert len(interrupted["rng_ranks"]) == 2
+    assert not list(checkpoints.glob("*.tmp"))
+
+    command, environment = torchrun(arguments)
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "in epoch 2 after step" in resumed.stderr
+    finished = load_checkpoint(checkpoints / "last.pt")
+    assert [row["epoch"] for row in finished["history"]] == [1, 2]
+    assert "partial_epoch" not in finished
+    assert (checkpoints.parent / "metrics.json").exists()

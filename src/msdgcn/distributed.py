@@ -124,8 +124,8 @@ def epoch_batches(
     rank r takes the r-th of `world_size` nearly equal contiguous slices of it. The first
     `skip_batches` global batches are left out (the steps an interrupted epoch already took).
 
-    A last global batch that cannot give every rank `min_images_per_rank` images, or that holds
-    a single image (BatchNorm in training mode needs two), is dropped on every rank alike.
+    A last global batch that cannot give every rank `min_images_per_rank` images, or that
+    contains a single image (BatchNorm in training mode needs two), is dropped on every rank.
     """
     batches = []
     for start in range(skip_batches * batch_size, len(order), batch_size):
@@ -195,7 +195,7 @@ def broadcast_buffers(model: nn.Module, context: DistributedContext) -> None:
     """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
 
     DDP copies them at the start of each training forward pass, so after the last step each rank
-    still holds the statistics of its own slice; evaluation must use rank 0's, which are saved.
+    still has the statistics of its own slice. Evaluation must use rank 0's, which are saved.
     """
     if context.enabled:
         for buffer in model.buffers():
@@ -223,10 +223,10 @@ def wrap_model(model: nn.Module, context: DistributedContext, device: torch.devi
             context.world_size,
         )
     device_ids = [device.index] if device.type == "cuda" else None
-    # static_graph: some backbones hold parameters that forward_features never uses (ConvNeXt's
-    # head norm). DDP finds them in the first step and leaves them out of every gradient
-    # all-reduce; without it, the bucket holding them is never reduced and its gradients stay
-    # those of one rank. The set of used parameters is the same in every step here.
+    # Some backbones have parameters that forward_features never uses (ConvNeXt's head norm).
+    # With static_graph, DDP finds them in the first step and leaves them out of the gradient
+    # all-reduce. Without it, the bucket that contains them is never reduced, so its gradients
+    # stay those of one rank. The set of used parameters is the same in every step here.
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, static_graph=True)
 
 

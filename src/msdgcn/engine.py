@@ -232,6 +232,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _convert_tensors(value: Any, to_numpy: bool) -> Any:
+    """Turn every tensor in nested dicts and lists into a numpy array, or every array back."""
+    if isinstance(value, dict):
+        return {key: _convert_tensors(item, to_numpy) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_convert_tensors(item, to_numpy) for item in value)
+    if to_numpy and isinstance(value, torch.Tensor):
+        return value.numpy()
+    if not to_numpy and isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    return value
+
+
 def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
@@ -608,20 +621,21 @@ class Trainer:
     def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, int, bool]:
         """Take one optimizer step on this rank's slice of a global batch.
 
-        Returns the mean loss over the global batch, its image count, and whether any rank has
-        received a stop signal. In a distributed run one all-reduce sums the loss, the count of
-        loss entries and the stop flags of all ranks. Each rank's loss is then rescaled so that
+        Returns the mean loss over the global batch, its image count, and whether any rank had
+        received a stop signal when the step began (always False in a single process). In a
+        distributed run one all-reduce sums the loss, the count of loss entries and the stop
+        flags of all ranks, so that every rank stops after the same step. Each rank's loss is then rescaled so that
         DDP's mean of the gradients equals the gradient of the global batch's mean loss, also when
         the ranks hold unequal slices.
         """
         logits, loss = forward_loss(self.train_model, self.criterion, images, targets, self.config.precision)
-        stop = self.stop_signal is not None
+        stop = False
         total_loss, images_seen = loss, images.shape[0]
         if self.context.enabled:
             # training_loss averages over the entries whose target is not -1.
             entries = float((targets >= 0).sum())
             loss_sum, entries_sum, images_seen, stops = distributed.all_sum(
-                [loss.item() * entries, entries, float(images.shape[0]), float(stop)],
+                [loss.item() * entries, entries, float(images.shape[0]), float(self.stop_signal is not None)],
                 self.context,
                 self.device,
             )
@@ -676,7 +690,7 @@ class Trainer:
                 bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
                 bar.update(1)
             _pause_for_tests("MSDGCN_TEST_STEP_DELAY")
-            if stop:
+            if stop or (self.stop_signal is not None and not self.context.enabled):
                 self._save_interrupted(
                     {"epoch": epoch, "step": step, "loss_sum": loss_sum, "seen": seen,
                      "timer_total": timer.total, "timer_count": timer.count,
@@ -695,7 +709,9 @@ class Trainer:
         payload = self._payload()
         payload["partial_epoch"] = partial
         if self.context.enabled:
-            payload["rng_ranks"] = distributed.gather_objects(_rng_state(), self.context)
+            # all_gather_object cannot unpickle tensors in torch 2.14, so they travel as numpy arrays.
+            states = distributed.gather_objects(_convert_tensors(_rng_state(), to_numpy=True), self.context)
+            payload["rng_ranks"] = [_convert_tensors(state, to_numpy=False) for state in states]
         self._save(self.last_path, payload)
         # Under torchrun a rank may stop because another rank received the signal.
         signal_number = self.stop_signal or signal.SIGTERM

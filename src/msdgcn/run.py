@@ -342,7 +342,7 @@ def torchrun_command(
 ) -> list[str]:
     """Return a torchrun command line that trains this config in `nproc_per_node` processes.
 
-    `rendezvous` holds torchrun's options that find the other processes: `--standalone` for
+    `rendezvous` contains torchrun's options that find the other processes: `--standalone` for
     one machine, or for several, for example
     `("--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "HOST:PORT")`.
     """
@@ -360,22 +360,21 @@ def launch_torchrun(
 ) -> dict[str, Any]:
     """Train the config under torchrun on this machine and return the result that rank 0 wrote.
 
-    The processes' log lines are passed on to this process's log. The rendezvous listens on
+    The processes start in this process's working folder, so relative paths in the config stay
+    valid, and their log lines are passed on to this process's log. The rendezvous listens on
     127.0.0.1 only. Ctrl-C (KeyboardInterrupt) sends SIGTERM to torchrun, whose processes write
     a resumable checkpoint, and raises TrainingInterrupted.
     """
     port = distributed.free_port()
     command = torchrun_command(
         config,
-        Path(results_root).resolve(),
+        results_root,
         nproc_per_node,
         launcher=(sys.executable, "-m", "torch.distributed.run"),
         rendezvous=("--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"),
     )
     if not resume:
         command.append("--no-resume")
-    # A data root relative to this process's folder must stay valid in the launched processes.
-    command[command.index("--data-root") + 1] = str(Path(config.data_root).resolve())
     environment = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
     logger.info("launching: %s", shlex.join(command))
     process = subprocess.Popen(
