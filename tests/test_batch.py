@@ -130,3 +130,26 @@ def test_gpus_exclude_torchrun_processes(tmp_path, coco_subset_dir):
     with pytest.raises(ValueError, match="drop --nproc-per-node"):
         run_batch("smoke", "coco-subset", coco_subset_dir, results_root=tmp_path, gpus=["0", "1"],
                   overrides={"nproc_per_node": 2})  # fmt: skip
+
+
+def test_each_worker_gets_one_gpu():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from msdgcn.batch import _start_worker
+
+    context = multiprocessing.get_context("spawn")
+    gpu_ids = context.Queue()
+    for gpu in ("3", "5"):
+        gpu_ids.put(gpu)
+    with ProcessPoolExecutor(2, mp_context=context, initializer=_start_worker, initargs=(gpu_ids,)) as pool:
+        # Two slow tasks at once, so each of the two workers runs one.
+        seen = sorted(pool.map(_visible_devices_after, [1.0, 1.0]))
+    assert seen == ["3", "5"]
+
+
+def _visible_devices_after(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return os.environ["CUDA_VISIBLE_DEVICES"]
