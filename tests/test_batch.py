@@ -113,8 +113,8 @@ def test_printed_commands_rebuild_config(tmp_path, coco_subset_dir):
     assert len(lines) == 2
     for variant, line in zip(["a", "e"], lines):
         words = shlex.split(line)
-        assert words[:6] == ["torchrun", "--standalone", "--nproc-per-node", "4", "-m", "msdgcn"]
-        args = build_parser().parse_args(words[6:])
+        assert words[:8] == ["torchrun", "--standalone", "--shutdown-timeout", "120", "--nproc-per-node", "4", "-m", "msdgcn"]
+        args = build_parser().parse_args(words[8:])
         assert args.results == str(tmp_path)
         config = train_config(args).to_dict()
         assert config == requested_config("smoke", variant, "coco-subset", coco_subset_dir, overrides)
@@ -132,24 +132,18 @@ def test_gpus_exclude_torchrun_processes(tmp_path, coco_subset_dir):
                   overrides={"nproc_per_node": 2})  # fmt: skip
 
 
-def test_each_worker_gets_one_gpu():
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
-    from msdgcn.batch import _start_worker
+def test_each_worker_gets_one_gpu(monkeypatch):
+    import queue
 
-    context = multiprocessing.get_context("spawn")
-    gpu_ids = context.Queue()
+    from msdgcn import batch
+
+    monkeypatch.setattr(batch.signal, "signal", lambda *args: None)  # keep pytest's own handlers
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    gpu_ids = queue.Queue()
     for gpu in ("3", "5"):
         gpu_ids.put(gpu)
-    with ProcessPoolExecutor(2, mp_context=context, initializer=_start_worker, initargs=(gpu_ids,)) as pool:
-        # Two slow tasks at once, so each of the two workers runs one.
-        seen = sorted(pool.map(_visible_devices_after, [1.0, 1.0]))
-    assert seen == ["3", "5"]
-
-
-def _visible_devices_after(seconds: float) -> str:
-    import time
-
-    time.sleep(seconds)
-    return os.environ["CUDA_VISIBLE_DEVICES"]
+    batch._start_worker(gpu_ids)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    batch._start_worker(gpu_ids)  # the next worker process takes the next GPU
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"

@@ -213,6 +213,7 @@ def wrap_model(model: nn.Module, context: DistributedContext, device: torch.devi
     """
     if not context.enabled:
         return model
+    # NOTE: the NCCL and SyncBatchNorm path has not run on GPUs yet; the tests run gloo on CPUs.
     if device.type == "cuda":
         # Replaces the BatchNorm children in place; the new layers reuse the same parameters.
         nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -725,6 +725,8 @@ class Trainer:
         raise TrainingInterrupted(message, signal_number)
 
     def _request_stop(self, signal_number: int, frame: Any) -> None:
+        # NOTE: the request is acted on after a training step only. A signal that arrives during
+        # an evaluation waits for it, and under torchrun that can outlast --shutdown-timeout.
         self.stop_signal = signal_number
 
     def evaluate(self) -> tuple[dict[str, Any], np.ndarray]:

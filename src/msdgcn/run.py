@@ -339,15 +339,19 @@ def torchrun_command(
     nproc_per_node: int,
     launcher: tuple[str, ...] = ("torchrun",),
     rendezvous: tuple[str, ...] = ("--standalone",),
+    shutdown_timeout: int = 120,
 ) -> list[str]:
     """Return a torchrun command line that trains this config in `nproc_per_node` processes.
 
     `rendezvous` contains torchrun's options that find the other processes: `--standalone` for
     one machine, or for several, for example
     `("--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "HOST:PORT")`.
+    On SIGTERM, torchrun forwards the signal and kills its processes `shutdown_timeout` seconds
+    later (torch 2.14 waits 30 s by default), which must leave time for one step and a checkpoint.
     """
     return [
-        *launcher, *rendezvous, "--nproc-per-node", str(nproc_per_node), "-m", "msdgcn", "train",
+        *launcher, *rendezvous, "--shutdown-timeout", str(shutdown_timeout),
+        "--nproc-per-node", str(nproc_per_node), "-m", "msdgcn", "train",
         "--no-progress", *train_arguments(config, results_root),
     ]  # fmt: skip
 
