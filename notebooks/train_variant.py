@@ -36,6 +36,8 @@ device = None  # "cpu", "cuda", "cuda:1", ...
 num_workers = None
 threads = None  # torch intra-op threads (the batch command sets cores / jobs)
 channels_last = None  # NHWC memory format for the backbone
+precision = None  # "fp32", or autocast to "bf16" or "fp16" (with loss scaling)
+compile = None  # True compiles the model with torch.compile
 concurrent_runs = None  # runs sharing this machine, recorded because batch times depend on it
 max_train_images = None
 max_val_images = None
@@ -43,6 +45,7 @@ init_weights = None  # weights-only start for fine-tuning (for example VOC from 
 skip_unreadable_images = None  # True drops training images that fail to decode, listed in the results
 deterministic = None  # True allows deterministic GPU kernels only
 resume = True  # continue from checkpoints/last.pt when it exists
+nproc_per_node = 1  # 1 trains in this kernel; N > 1 launches N processes under torchrun (one per GPU)
 progress = True  # one progress bar over all batches of the run
 
 # %% [markdown]
@@ -59,7 +62,7 @@ import torch
 
 from msdgcn.engine import Trainer
 from msdgcn.profiles import resolve_run
-from msdgcn.run import build_run_data, build_run_model, finish_run, run_dir_for
+from msdgcn.run import build_run_data, build_run_model, finish_run, launch_torchrun, run_dir_for
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
 pd.set_option("display.max_rows", 100)  # the per-class table lists up to 80 classes
@@ -86,6 +89,8 @@ config = resolve_run(
         num_workers=num_workers,
         threads=threads,
         channels_last=channels_last,
+        precision=precision,
+        compile=compile,
         concurrent_runs=concurrent_runs,
         max_train_images=max_train_images,
         max_val_images=max_val_images,
@@ -144,24 +149,32 @@ pd.DataFrame(
 # ## Training
 #
 # Each epoch ends with an evaluation on the validation split and writes `checkpoints/last.pt`
-# (and `best.pt` when the mAP improves), so a stopped run continues where it left off.
+# (and `best.pt` when the mAP improves), so a stopped run continues where it left off. With
+# `nproc_per_node` > 1 the same steps run under torchrun, in one DistributedDataParallel process
+# per GPU that each take an equal slice of the global batch of `batch_size` images; this notebook
+# then reads back the result files that process 0 wrote.
 
 # %%
-trainer = Trainer(config, model, train_set, val_set, run_dir / "checkpoints", progress=progress)
-if resume and trainer.resume():
-    print(f"resumed after epoch {trainer.state.epoch}")
-state = trainer.fit()
-history = pd.DataFrame(state.history).set_index("epoch")
+if nproc_per_node == 1:
+    trainer = Trainer(config, model, train_set, val_set, run_dir / "checkpoints", progress=progress)
+    if resume and trainer.resume():
+        print(f"resumed after epoch {trainer.state.epoch}")
+    history = pd.DataFrame(trainer.fit().history).set_index("epoch")
+else:
+    result = launch_torchrun(config, results_root, nproc_per_node, resume=resume)
+    history = pd.read_csv(run_dir / "history.csv").set_index("epoch")
 history[["train_loss", "batch_time", "mAP", "CF1", "OF1"]]
 
 # %% [markdown]
 # ## Result of the best epoch
 #
-# The best checkpoint is evaluated once more and the result files are written. Metrics are
-# fractions in the files and percent here.
+# The best checkpoint is evaluated once more and the result files are written (under torchrun,
+# that already happened in the launched processes). Metrics are fractions in the files and
+# percent here.
 
 # %%
-result = finish_run(config, trainer, run_dir, time.perf_counter() - notebook_start)
+if nproc_per_node == 1:
+    result = finish_run(config, trainer, run_dir, time.perf_counter() - notebook_start)
 summary = {key: result["table3"][key] for key in ("mAP", "CF1", "OF1")}
 summary = {key: round(100 * value, 1) for key, value in summary.items()}
 summary.update(

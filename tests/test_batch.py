@@ -77,3 +77,73 @@ def test_sigterm_to_batch_reaches_kernel(tmp_path, coco_subset_dir):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert (tmp_path / "smoke" / "coco-subset" / "a" / "metrics.json").exists()
     assert (tmp_path / "smoke" / "coco-subset" / "gap" / "metrics.json").exists()
+
+
+def test_new_parameters_match_absent_ones():
+    from msdgcn.profiles import resolve_run
+
+    requested = resolve_run("smoke", "a", "coco-subset", "data").to_dict()
+    stored = {key: value for key, value in requested.items() if key not in ("precision", "compile")}
+    assert config_differences(stored, requested) == []
+    requested["precision"] = "bf16"
+    assert config_differences(stored, requested) == ["precision: 'fp32' -> 'bf16'"]
+
+
+def test_committed_cpu_runs_still_finished(repo_root, coco_subset_dir):
+    import json
+
+    from msdgcn.batch import requested_config
+
+    finished = sorted((repo_root / "results" / "cpu" / "coco-subset").glob("*/metrics.json"))
+    assert finished, "no committed cpu results"
+    for path in finished:
+        stored = json.loads(path.read_text())["config"]
+        requested = requested_config("cpu", stored["variant"], "coco-subset", coco_subset_dir, {})
+        assert config_differences(stored, requested) == [], path
+
+
+def test_printed_commands_rebuild_config(tmp_path, coco_subset_dir):
+    import shlex
+
+    from msdgcn.__main__ import build_parser, train_config
+    from msdgcn.batch import cluster_commands, requested_config
+
+    overrides = dict(epochs=3, learning_rate=0.01, precision="bf16", compile=True, channels_last=False, nproc_per_node=4)
+    lines = cluster_commands("smoke", "coco-subset", coco_subset_dir, ["a", "e"], tmp_path, overrides)
+    assert len(lines) == 2
+    for variant, line in zip(["a", "e"], lines):
+        words = shlex.split(line)
+        assert words[:8] == ["torchrun", "--standalone", "--shutdown-timeout", "120", "--nproc-per-node", "4", "-m", "msdgcn"]
+        args = build_parser().parse_args(words[8:])
+        assert args.results == str(tmp_path)
+        config = train_config(args).to_dict()
+        assert config == requested_config("smoke", variant, "coco-subset", coco_subset_dir, overrides)
+        assert (config["precision"], config["compile"], config["epochs"]) == ("bf16", True, 3)
+        assert config["optim"]["lr"] == 0.01
+        # Every run parameter of the train command is spelled out, except the unset (None) ones.
+        for option in ("--epochs", "--image-size", "--batch-size", "--lr", "--seed", "--device",
+                       "--num-workers", "--precision", "--compile", "--no-channels-last"):  # fmt: skip
+            assert option in words, option
+
+
+def test_gpus_exclude_torchrun_processes(tmp_path, coco_subset_dir):
+    with pytest.raises(ValueError, match="drop --nproc-per-node"):
+        run_batch("smoke", "coco-subset", coco_subset_dir, results_root=tmp_path, gpus=["0", "1"],
+                  overrides={"nproc_per_node": 2})  # fmt: skip
+
+
+
+def test_each_worker_gets_one_gpu(monkeypatch):
+    import queue
+
+    from msdgcn import batch
+
+    monkeypatch.setattr(batch.signal, "signal", lambda *args: None)  # keep pytest's own handlers
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    gpu_ids = queue.Queue()
+    for gpu in ("3", "5"):
+        gpu_ids.put(gpu)
+    batch._start_worker(gpu_ids)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    batch._start_worker(gpu_ids)  # the next worker process takes the next GPU
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"

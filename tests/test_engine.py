@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import pytest
@@ -280,3 +281,45 @@ def test_best_checkpoint_written_before_last(coco_subset_dir, tmp_path, monkeypa
     monkeypatch.setattr(engine, "save_checkpoint", lambda path, payload: (written.append(path.name), original(path, payload)))
     make_trainer(tiny_config(coco_subset_dir, epochs=1), tmp_path).fit()
     assert written == ["best.pt", "last.pt"]
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_reduced_precision_trains_finite(coco_subset_dir, tmp_path, precision, dtype):
+    config = tiny_config(coco_subset_dir, epochs=1, precision=precision)
+    trainer = make_trainer(config, tmp_path)
+    head_inputs = []
+    trainer.model.head.register_forward_hook(lambda module, inputs, output: head_inputs.append(inputs[0].dtype))
+    trainer.fit()
+    assert head_inputs[0] == dtype  # the backbone ran under autocast
+    loss = trainer.state.history[0]["train_loss"]
+    assert math.isfinite(loss)
+    reference = make_trainer(tiny_config(coco_subset_dir, epochs=1), tmp_path / "fp32")
+    reference.fit()
+    # Same initial weights and images: reduced precision moves the mean loss by well under 5%.
+    assert loss == pytest.approx(reference.state.history[0]["train_loss"], rel=0.05)
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
+    assert load_checkpoint(tmp_path / "last.pt")["config"]["precision"] == precision
+
+
+def test_fp16_logits_of_80_keep_loss_finite():
+    # A layer whose float16 outputs are +80 or -80, each on the wrong side of its target.
+    model = torch.nn.Linear(1, 4, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[80.0], [-80.0], [80.0], [-80.0]]))
+    images = torch.ones(2, 1)
+    targets = torch.tensor([[0.0, 1.0, 0.0, 1.0]] * 2)
+    for name in ("multilabel_soft_margin", "bce"):
+        logits, loss = engine.forward_loss(model, build_loss(name), images, targets, precision="fp16")
+        assert logits.dtype == torch.float32
+        assert loss.dtype == torch.float32
+        # Every entry costs softplus(80) = 80 + log(1 + exp(-80)), which is 80 in float32.
+        assert loss.item() == pytest.approx(80.0, rel=1e-6)
+        scaler = torch.amp.GradScaler("cpu")
+        scaler.scale(loss).backward()
+        assert torch.isfinite(model.weight.grad).all()
+        model.weight.grad = None
+
+
+def test_unknown_precision_rejected(coco_subset_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        make_trainer(tiny_config(coco_subset_dir, precision="fp8"), tmp_path)

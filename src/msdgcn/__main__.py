@@ -6,34 +6,57 @@ import argparse
 import json
 import logging
 import sys
+
 from . import __version__
 
 
-TRAIN_OVERRIDES = (
-    ("--epochs", "epochs", int, "number of epochs"),
-    ("--image-size", "image_size", int, "square input size in pixels"),
-    ("--batch-size", "batch_size", int, "images per batch"),
-    ("--seed", "seed", int, "random seed"),
-    ("--device", "device", str, "torch device, for example cpu or cuda:0"),
-    ("--max-train-images", "max_train_images", int, "train on the first N images only"),
-    ("--max-val-images", "max_val_images", int, "evaluate on the first N images only"),
-)
+def train_config(args: argparse.Namespace):
+    """Resolve the RunConfig that the `train` command's arguments describe."""
+    from .profiles import resolve_run
+    from .run import TRAIN_OPTIONS
+
+    overrides: dict = {}
+    for _, key, _, _ in TRAIN_OPTIONS:
+        group, _, name = key.rpartition(".")
+        target = overrides.setdefault(group, {}) if group else overrides
+        target[name] = getattr(args, key.replace(".", "_"))
+    return resolve_run(args.profile, args.variant, args.dataset, args.data_root, overrides)
 
 
 def _train_command(args: argparse.Namespace) -> int:
+    from .distributed import context_from_environment
     from .engine import TrainingInterrupted
-    from .profiles import resolve_run
     from .run import run_dir_for, train_run
 
-    overrides = {name: getattr(args, name) for _, name, _, _ in TRAIN_OVERRIDES}
-    config = resolve_run(args.profile, args.variant, args.dataset, args.data_root, overrides)
+    config = train_config(args)
     run_dir = run_dir_for(args.results, config)
     try:
         result = train_run(config, run_dir, resume=not args.no_resume, progress=not args.no_progress)
     except TrainingInterrupted as interruption:  # the trainer has logged what to do next
         return 128 + interruption.signal_number
-    print(json.dumps(result["table3"], indent=2))
+    if context_from_environment().is_main:
+        print(json.dumps(result["table3"], indent=2))
     return 0
+
+
+def add_train_arguments(train: argparse.ArgumentParser) -> None:
+    from .batch import REPO_ROOT
+    from .run import TRAIN_OPTIONS
+
+    train.add_argument("--profile", default="cpu")
+    train.add_argument("--variant", required=True)
+    train.add_argument("--dataset", default="coco-subset")
+    train.add_argument("--data-root", required=True)
+    train.add_argument("--results", default=str(REPO_ROOT / "results"))
+    for option, key, kind, text in TRAIN_OPTIONS:
+        destination = key.replace(".", "_")
+        if kind is bool:
+            action = argparse.BooleanOptionalAction
+            train.add_argument(option, dest=destination, action=action, default=None, help=f"{text} (default: the profile's)")
+        else:
+            train.add_argument(option, dest=destination, type=kind, default=None, help=f"{text} (default: the profile's)")
+    train.add_argument("--no-resume", action="store_true", help="ignore checkpoints/last.pt")
+    train.add_argument("--no-progress", action="store_true", help="log one line per epoch, no progress bar")
 
 
 def _report_command(args: argparse.Namespace) -> int:
@@ -101,16 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_arguments(batch)
     batch.set_defaults(handler=run_batch_command)
 
-    train = commands.add_parser("train", help="train one variant without a notebook")
-    train.add_argument("--profile", default="cpu")
-    train.add_argument("--variant", required=True)
-    train.add_argument("--dataset", default="coco-subset")
-    train.add_argument("--data-root", required=True)
-    train.add_argument("--results", default=str(REPO_ROOT / "results"))
-    for option, name, kind, text in TRAIN_OVERRIDES:
-        train.add_argument(option, dest=name, type=kind, default=None, help=f"{text} (default: the profile's)")
-    train.add_argument("--no-resume", action="store_true", help="ignore checkpoints/last.pt")
-    train.add_argument("--no-progress", action="store_true", help="log one line per epoch, no progress bar")
+    train = commands.add_parser(
+        "train",
+        help="train one variant without a notebook; under torchrun, one process per GPU (DDP)",
+    )
+    add_train_arguments(train)
     train.set_defaults(handler=_train_command)
 
     report = commands.add_parser("report", help="execute the tables and figures notebooks")

@@ -4,6 +4,10 @@ Each executed notebook is kept beside its results in `results/<profile>/<dataset
 A variant whose `metrics.json` exists is skipped unless forced, an unfinished one resumes from its
 last checkpoint, and a failed variant does not stop the others: failures are listed at the end and
 the command exits with status 1.
+
+On a machine with several GPUs, `--gpus 0,1,2,3` runs one variant per GPU at a time. For a
+cluster, `--print-commands` prints one self-contained torchrun command per variant instead of
+running anything, for the user's scheduler.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shlex
 import shutil
 import signal
 import threading
@@ -28,8 +33,8 @@ import nbformat
 import papermill
 import psutil
 
-from .profiles import DEFAULT_VARIANTS, PROFILES, resolve_run
-from .run import METRICS_FILE
+from .profiles import DEFAULT_VARIANTS, PROFILES, RunConfig, field_default, resolve_run
+from .run import METRICS_FILE, torchrun_command
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +56,34 @@ OVERRIDES = (
     ("--max-train-images", "max_train_images", int),
     ("--max-val-images", "max_val_images", int),
     ("--init-weights", "init_weights", str),
+    ("--precision", "precision", str),
+    ("--channels-last", "channels_last", bool),
+    ("--compile", "compile", bool),
+    ("--nproc-per-node", "nproc_per_node", int),
 )
 
 
 # Parameters that do not change what a run computes, so a finished run may differ in them.
-RUN_ONLY_PARAMETERS = ("data_root", "device", "num_workers", "threads", "concurrent_runs", "cache_images", "description")
+RUN_ONLY_PARAMETERS = (
+    "data_root", "device", "num_workers", "threads", "concurrent_runs", "cache_images", "description", "compile",
+)  # fmt: skip
 
 
 def _ignore_stop_signals() -> None:
     """Leave SIGINT and SIGTERM to the batch process, which forwards them to the kernels."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _start_worker(gpu_ids) -> None:
+    """Set up a batch worker process: it leaves stop signals to the batch and owns one GPU.
+
+    The GPU is chosen through CUDA_VISIBLE_DEVICES, which the notebook kernels that the worker
+    starts inherit, so every variant in this worker has its GPU as `cuda:0`.
+    """
+    _ignore_stop_signals()
+    if gpu_ids is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_ids.get()
 
 
 class InterruptForwarder:
@@ -104,20 +126,27 @@ class InterruptForwarder:
 
 def requested_config(profile: str, variant: str, dataset: str, data_root: Path, overrides: dict) -> dict:
     """Resolve the configuration the training notebook would build from these batch parameters."""
-    values = {name: value for name, value in overrides.items() if name != "learning_rate"}
+    launch_only = ("learning_rate", "nproc_per_node")
+    values = {name: value for name, value in overrides.items() if name not in launch_only}
     if overrides.get("learning_rate") is not None:
         values["optim"] = {"lr": overrides["learning_rate"]}
     return resolve_run(profile, variant, dataset, str(data_root), values).to_dict()
 
 
 def config_differences(stored: dict, requested: dict) -> list[str]:
-    """List `name: stored -> requested` for the parameters that change what a run computes."""
+    """List `name: stored -> requested` for the parameters that change what a run computes.
+
+    A parameter missing from the stored config was added to RunConfig after that run, which
+    therefore ran with the parameter's default.
+    """
     differences = []
     for key in sorted(set(stored) | set(requested)):
         if key in RUN_ONLY_PARAMETERS:
             continue
-        if stored.get(key) != requested.get(key):
-            differences.append(f"{key}: {stored.get(key)!r} -> {requested.get(key)!r}")
+        stored_value = stored.get(key, field_default(key))
+        requested_value = requested.get(key, field_default(key))
+        if stored_value != requested_value:
+            differences.append(f"{key}: {stored_value!r} -> {requested_value!r}")
     return differences
 
 
@@ -207,23 +236,27 @@ def run_batch(
     notebook: Path = TRAIN_NOTEBOOK,
     kernel_name: str | None = None,
     jobs: int = 1,
+    gpus: list[str] | None = None,
 ) -> list[Outcome]:
     """Run the variants of a profile and return what happened to each.
 
     With `jobs` > 1, that many variants run at once in separate processes, each with
     cores / jobs torch threads (recorded in its results), which changes the batch times it reports.
+    `gpus` (CUDA device indices) runs one variant per GPU at a time: jobs becomes their count and
+    each worker process can use only its GPU.
     """
+    overrides = dict(overrides or {})
+    if gpus:
+        if (overrides.get("nproc_per_node") or 1) > 1:
+            raise ValueError(
+                "--gpus runs one single-process variant per GPU; drop --nproc-per-node, or drop "
+                "--gpus to train each variant on all GPUs under torchrun"
+            )
+        jobs = len(gpus)
+        overrides.setdefault("device", "cuda")
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    variants = list(variants or DEFAULT_VARIANTS[profile])
-    unknown = [v for v in variants if v not in PROFILES[profile].variants]
-    if unknown:
-        raise ValueError(
-            f"unknown variants {unknown} for profile {profile!r}; "
-            f"choose from {sorted(PROFILES[profile].variants)}"
-        )
+    variants = _check_variants(profile, variants)
     data_root = Path(data_root).resolve()
     if not data_root.exists():
         raise FileNotFoundError(
@@ -279,7 +312,7 @@ def run_batch(
                 )
             )
         with InterruptForwarder() as interrupt:
-            if jobs == 1:
+            if jobs == 1 and not gpus:
                 for task in pending:
                     if interrupt.received:
                         outcomes.append(Outcome(task["variant"], "not run", 0.0, Path(task["executed"])))
@@ -290,8 +323,13 @@ def run_batch(
                 # single-threaded runs train 1.26 times as many images per second as one run on two
                 # threads (benchmarks/parallel_runs.py).
                 context = multiprocessing.get_context("spawn")
+                gpu_ids = None
+                if gpus:
+                    gpu_ids = context.Queue()
+                    for gpu in gpus:
+                        gpu_ids.put(gpu)
                 with ProcessPoolExecutor(
-                    max_workers=jobs, mp_context=context, initializer=_ignore_stop_signals
+                    max_workers=jobs, mp_context=context, initializer=_start_worker, initargs=(gpu_ids,)
                 ) as pool:
                     futures = [pool.submit(execute_variant, **task) for task in pending]
                     for task, future in zip(pending, futures):
@@ -307,6 +345,44 @@ def run_batch(
             )
     order = {variant: i for i, variant in enumerate(variants)}
     return sorted(outcomes, key=lambda outcome: order[outcome.variant])
+
+
+def _check_variants(profile: str, variants: list[str] | None) -> list[str]:
+    """Return the variants to run (the profile's default list when None), or raise for unknown ones."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    variants = list(variants or DEFAULT_VARIANTS[profile])
+    unknown = [v for v in variants if v not in PROFILES[profile].variants]
+    if unknown:
+        raise ValueError(
+            f"unknown variants {unknown} for profile {profile!r}; "
+            f"choose from {sorted(PROFILES[profile].variants)}"
+        )
+    return variants
+
+
+def cluster_commands(
+    profile: str,
+    dataset: str,
+    data_root: str | Path,
+    variants: list[str] | None = None,
+    results_root: str | Path = REPO_ROOT / "results",
+    overrides: dict[str, Any] | None = None,
+) -> list[str]:
+    """Return one torchrun command line per variant, which trains it as the notebook would.
+
+    Each line names every run parameter with the value the notebook resolves, and absolute
+    paths, so it runs from any folder of a machine where the package is installed.
+    """
+    overrides = dict(overrides or {})
+    nproc_per_node = overrides.get("nproc_per_node") or 1
+    data_root = Path(data_root).resolve()
+    results_root = Path(results_root).resolve()
+    commands = []
+    for variant in _check_variants(profile, variants):
+        config = RunConfig.from_dict(requested_config(profile, variant, dataset, data_root, overrides))
+        commands.append(shlex.join(torchrun_command(config, results_root, nproc_per_node)))
+    return commands
 
 
 def execute_variant(
@@ -357,12 +433,32 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="variants to run at once, each in its own process (default 1)"
     )
+    parser.add_argument(
+        "--gpus",
+        type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
+        default=None,
+        help="comma-separated CUDA device indices, such as 0,1,2,3: one variant per GPU at a time",
+    )
+    parser.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print one torchrun command per variant, with every run parameter, and run nothing",
+    )
     for option, name, kind in OVERRIDES:
-        parser.add_argument(option, dest=name, type=kind, default=None, help=f"override {name}")
+        if kind is bool:
+            parser.add_argument(option, dest=name, action=argparse.BooleanOptionalAction, default=None, help=f"override {name}")
+        else:
+            parser.add_argument(option, dest=name, type=kind, default=None, help=f"override {name}")
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for _, name, _ in OVERRIDES if getattr(args, name) is not None}
+    if args.print_commands:
+        commands = cluster_commands(
+            args.profile, args.dataset, args.data_root, args.variants, args.results, overrides
+        )
+        print("\n".join(commands))
+        return 0
     outcomes = run_batch(
         args.profile,
         args.dataset,
@@ -372,6 +468,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         force=args.force,
         overrides=overrides,
         jobs=args.jobs,
+        gpus=args.gpus,
     )
     width = max(len(o.variant) for o in outcomes)
     for outcome in outcomes:

@@ -8,6 +8,7 @@ so an interrupted write never replaces a good `last.pt` with a broken one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -25,14 +26,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from . import distributed
 from .data import MultiLabelDataset, training_targets
+from .distributed import SINGLE_PROCESS, DistributedContext
 from .metrics import multilabel_metrics
-from .profiles import OptimConfig, RunConfig
+from .profiles import OptimConfig, RunConfig, field_default
 from .provenance import git_state
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+
+# Autocast data type of each `precision` run parameter; fp32 runs without autocast.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,6 +94,36 @@ def training_loss(criterion: nn.Module, logits: torch.Tensor, targets: torch.Ten
         logits, targets.clamp(min=0), reduction="none"
     )
     return (per_entry * kept).sum() / kept.sum().clamp(min=1)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Return the autocast context of a precision: "fp32" (none), "bf16" or "fp16".
+
+    torch 2.14 autocasts to bfloat16 and float16 on CUDA and on the CPU alike.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+def forward_loss(
+    model: nn.Module,
+    criterion: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the forward pass under the precision's autocast and return (logits, loss) in float32.
+
+    The loss is computed outside autocast on float32 logits: in float16, exp(x) overflows for
+    x > 11, and a loss reduced in half precision loses digits.
+    """
+    with autocast(images.device, precision):
+        logits = model(images)
+    logits = logits.float()
+    return logits, training_loss(criterion, logits, targets)
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
@@ -194,6 +230,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _convert_tensors(value: Any, to_numpy: bool) -> Any:
+    """Turn every tensor in nested dicts and lists into a numpy array, or every array back."""
+    if isinstance(value, dict):
+        return {key: _convert_tensors(item, to_numpy) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_convert_tensors(item, to_numpy) for item in value)
+    if to_numpy and isinstance(value, torch.Tensor):
+        return value.numpy()
+    if not to_numpy and isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    return value
 
 
 def _as_tuple(value: Any) -> Any:
@@ -322,29 +371,39 @@ def make_loader(
     seed: int = 0,
     pin_memory: bool = False,
     skip_batches: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    min_images_per_rank: int = 1,
 ) -> DataLoader:
     """Build a DataLoader. A training loader visits a permutation drawn from `seed`.
 
     `skip_batches` leaves out the first batches of that permutation without loading them, which
-    is how an epoch interrupted after that many steps continues.
+    is how an epoch interrupted after that many steps continues. `batch_size` is the global
+    batch: with `world_size` > 1 the loader yields this rank's slice of each global batch (see
+    `distributed.epoch_batches`), so the shard is a function of seed, epoch, rank and world size.
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
-    sampler = None
-    if train:
-        order = torch.randperm(len(dataset), generator=generator).tolist()
-        sampler = order[skip_batches * batch_size :]
-    # BatchNorm in training mode fails on a batch of one sample, so such a last batch is dropped.
-    drop_last = train and len(dataset) % batch_size == 1
+    if not train:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            generator=generator,
+            worker_init_fn=_seed_worker,
+            pin_memory=pin_memory,
+        )
+    order = torch.randperm(len(dataset), generator=generator).tolist()
+    batches = distributed.epoch_batches(
+        order, batch_size, skip_batches, rank, world_size, min_images_per_rank
+    )
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+        batch_sampler=batches,
         num_workers=num_workers,
         generator=generator,
         worker_init_fn=_seed_worker,
         pin_memory=pin_memory,
-        drop_last=drop_last,
         persistent_workers=False,
     )
 
@@ -355,12 +414,19 @@ def predict(
     loader: DataLoader,
     device: torch.device,
     memory_format: torch.memory_format = torch.contiguous_format,
+    precision: str = "fp32",
 ) -> np.ndarray:
-    """Return sigmoid probabilities (N, C) in dataset order."""
+    """Return sigmoid probabilities (N, C) in dataset order, float64.
+
+    The forward pass runs under the precision's autocast, and the logits are cast to float32
+    before the sigmoid.
+    """
     model.eval()
     scores = []
     for images, _, _ in loader:
-        logits = model(images.to(device, non_blocking=True, memory_format=memory_format))
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        with autocast(device, precision):
+            logits = model(images)
         scores.append(torch.sigmoid(logits.float()).cpu())
     return torch.cat(scores).numpy().astype(np.float64)
 
@@ -370,16 +436,22 @@ def evaluate(
     loader: DataLoader,
     device: torch.device,
     memory_format: torch.memory_format = torch.contiguous_format,
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Score every image of the loader's dataset and compute the multi-label metrics."""
     dataset: MultiLabelDataset = loader.dataset
-    scores = predict(model, loader, device, memory_format)
+    scores = predict(model, loader, device, memory_format, precision)
     metrics = multilabel_metrics(scores, dataset.targets, dataset.class_names)
     return metrics, scores
 
 
 class Trainer:
-    """Train one run with evaluation every epoch, `last`/`best` checkpoints and exact resume."""
+    """Train one run with evaluation every epoch, `last`/`best` checkpoints and exact resume.
+
+    Under torchrun (`context.world_size` > 1) every rank builds the same Trainer; the model is
+    wrapped in DistributedDataParallel, each rank trains on its slice of every global batch,
+    evaluation is split over the ranks and gathered, and only rank 0 writes checkpoints.
+    """
 
     def __init__(
         self,
@@ -389,22 +461,38 @@ class Trainer:
         val_set: MultiLabelDataset,
         checkpoint_dir: Path,
         progress: bool = True,
+        context: DistributedContext = SINGLE_PROCESS,
     ):
         self.config = config
-        self.device = torch.device(config.device)
+        self.context = context
+        distributed.check_global_batch(config.batch_size, context.world_size)
+        self.device = context.device(config.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        autocast(self.device, config.precision)  # rejects an unknown precision before any work
         if config.threads:
             torch.set_num_threads(config.threads)
         if config.deterministic:
             use_deterministic_kernels()
         self.model = model.to(self.device, memory_format=self.memory_format)
+        # The DDP wrapper is built before the optimizer because it converts BatchNorm to
+        # SyncBatchNorm on CUDA. self.model stays the plain module that checkpoints store.
+        self.train_model = distributed.wrap_model(self.model, context, self.device)
+        self.eval_model = self.model
+        if config.compile:
+            self.train_model = torch.compile(self.train_model)
+            self.eval_model = torch.compile(self.model)
+        # Without SyncBatchNorm (CPU processes) a rank's slice must hold two images for BatchNorm.
+        has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        self.min_images_per_rank = 2 if context.enabled and self.device.type != "cuda" and has_batchnorm else 1
         self.train_set = train_set
         self.val_set = val_set
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.progress = progress
+        self.progress = progress and context.is_main
         self.criterion = build_loss(config.optim.loss)
         self.optimizer = build_optimizer(self.model, config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.optim)
+        # Loss scaling keeps small float16 gradients from flushing to zero; it is a no-op otherwise.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.state = TrainState()
         self.partial_epoch: dict[str, Any] | None = None  # an epoch interrupted mid-way, from resume()
         self.stop_signal: int | None = None
@@ -413,6 +501,8 @@ class Trainer:
         self.val_loader = make_loader(
             val_set, config.batch_size, train=False, num_workers=config.num_workers
         )
+        start, stop = distributed.shard_bounds(len(val_set), context.rank, context.world_size)
+        self.val_shard = range(start, stop)
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
@@ -429,14 +519,22 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "epoch": self.state.epoch,
             "best_mAP": self.state.best_mAP,
             "best_epoch": self.state.best_epoch,
             "history": self.state.history,
             "rng": _rng_state(),
+            "world_size": self.context.world_size,
             "config": self.config.to_dict(),
             "class_names": list(self.train_set.class_names),
         }
+
+    def _save(self, path: Path, payload: dict[str, Any]) -> None:
+        """Write a checkpoint from rank 0 only; the other ranks wait until it is in place."""
+        if self.context.is_main:
+            save_checkpoint(path, payload)
+        self.context.barrier()
 
     def resume(self) -> bool:
         """Continue from `last.pt` when it exists, and return whether a checkpoint was loaded."""
@@ -447,18 +545,21 @@ class Trainer:
         # Every parameter that changes the computation must match; epochs may grow (longer run).
         compared = ("variant", "profile", "dataset", "model", "optim", "image_size", "batch_size", "seed",
                     "max_train_images", "max_val_images", "difficult_as", "skip_unreadable_images",
-                    "train_split", "val_split")  # fmt: skip
+                    "train_split", "val_split", "precision")  # fmt: skip
         if payload["epoch"] > self.config.epochs:
             raise ValueError(
                 f"{self.last_path} has already trained {payload['epoch']} epochs, more than the "
                 f"{self.config.epochs} requested; request at least {payload['epoch']} epochs, or "
                 "choose another output folder"
             )
+        current = self.config.to_dict()
         for key in compared:
-            if saved.get(key) != self.config.to_dict().get(key):
+            # A checkpoint written before a parameter existed ran with its default value.
+            stored = saved.get(key, field_default(key))
+            if stored != current.get(key):
                 raise ValueError(
-                    f"{self.last_path} was written by a run with {key}={saved.get(key)!r}, "
-                    f"this run has {key}={self.config.to_dict().get(key)!r}; delete the checkpoint "
+                    f"{self.last_path} was written by a run with {key}={stored!r}, "
+                    f"this run has {key}={current.get(key)!r}; delete the checkpoint "
                     "folder or choose another output folder"
                 )
         if payload["class_names"] != list(self.train_set.class_names):
@@ -467,6 +568,8 @@ class Trainer:
         self.model.load_state_dict({k.removeprefix("module."): v for k, v in payload["model"].items()})
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
+        if "scaler" in payload:
+            self.scaler.load_state_dict(payload["scaler"])
         self.state = TrainState(
             epoch=payload["epoch"],
             best_mAP=payload["best_mAP"],
@@ -474,7 +577,7 @@ class Trainer:
             history=list(payload["history"]),
         )
         self.partial_epoch = payload.get("partial_epoch")
-        _set_rng_state(payload["rng"])
+        self._restore_rng(payload)
         if self.partial_epoch:
             logger.info(
                 "resumed %s in epoch %d after step %d",
@@ -484,7 +587,72 @@ class Trainer:
             logger.info("resumed %s at epoch %d", self.last_path, self.state.epoch)
         return True
 
+    def _restore_rng(self, payload: dict[str, Any]) -> None:
+        """Restore this rank's random state; exact only when the world size is unchanged."""
+        per_rank = payload.get("rng_ranks")
+        if per_rank is not None and len(per_rank) == self.context.world_size:
+            _set_rng_state(per_rank[self.context.rank])
+            return
+        _set_rng_state(payload["rng"])
+        if self.partial_epoch and payload.get("world_size", 1) != self.context.world_size:
+            # The global batches are the same for any world size; the augmentation draws are not.
+            logger.warning(
+                "%s was written by %d processes, this run has %d: the rest of epoch %d uses the same "
+                "images but other random augmentations",
+                self.last_path, payload.get("world_size", 1), self.context.world_size,
+                self.partial_epoch["epoch"],
+            )  # fmt: skip
+
     # -- training ----------------------------------------------------------------------------
+    def _train_loader(self, epoch: int, skip_batches: int = 0, num_workers: int | None = None) -> DataLoader:
+        return make_loader(
+            self.train_set,
+            self.config.batch_size,
+            train=True,
+            num_workers=self.config.num_workers if num_workers is None else num_workers,
+            seed=epoch_seed(self.config.seed, epoch),
+            pin_memory=self.device.type == "cuda",
+            skip_batches=skip_batches,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
+            min_images_per_rank=self.min_images_per_rank,
+        )
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, int, bool]:
+        """Take one optimizer step on this rank's slice of a global batch.
+
+        Returns the mean loss over the global batch, its image count, and whether any rank had
+        received a stop signal when the step began (always False in a single process). In a
+        distributed run one all-reduce sums the loss, the count of loss entries and the stop
+        flags of all ranks, so that every rank stops after the same step. Each rank's loss is then rescaled so that
+        DDP's mean of the gradients equals the gradient of the global batch's mean loss, also when
+        the ranks hold unequal slices.
+        """
+        logits, loss = forward_loss(self.train_model, self.criterion, images, targets, self.config.precision)
+        stop = False
+        total_loss, images_seen = loss, images.shape[0]
+        if self.context.enabled:
+            # training_loss averages over the entries whose target is not -1.
+            entries = float((targets >= 0).sum())
+            loss_sum, entries_sum, images_seen, stops = distributed.all_sum(
+                [loss.item() * entries, entries, float(images.shape[0]), float(self.stop_signal is not None)],
+                self.context,
+                self.device,
+            )
+            loss = loss * (entries * self.context.world_size / max(entries_sum, 1.0))
+            total_loss = torch.tensor(loss_sum / max(entries_sum, 1.0))
+            stop = stops > 0
+        if not torch.isfinite(total_loss):
+            raise NonFiniteLossError(f"loss became {total_loss.item()}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.optim.grad_clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(total_loss.item()), int(images_seen), stop
+
     def train_one_epoch(self, epoch: int, bar: tqdm | None) -> dict[str, float]:
         """Train one epoch, or the rest of the interrupted epoch stored in `self.partial_epoch`.
 
@@ -495,18 +663,10 @@ class Trainer:
         partial = self.partial_epoch if self.partial_epoch and self.partial_epoch["epoch"] == epoch else None
         self.partial_epoch = None
         if partial is None:
-            seed_everything(epoch_seed(config.seed, epoch))
+            seed_everything(rank_seed(epoch_seed(config.seed, epoch), self.context.rank))
             partial = {"epoch": epoch, "step": 0, "loss_sum": 0.0, "seen": 0, "timer_total": 0.0, "timer_count": 0, "seconds": 0.0}
-        loader = make_loader(
-            self.train_set,
-            config.batch_size,
-            train=True,
-            num_workers=config.num_workers,
-            seed=epoch_seed(config.seed, epoch),
-            pin_memory=self.device.type == "cuda",
-            skip_batches=partial["step"],
-        )
-        self.model.train()
+        loader = self._train_loader(epoch, skip_batches=partial["step"])
+        self.train_model.train()
         timer = BatchTimer(self.device)
         timer.total, timer.count = partial["timer_total"], partial["timer_count"]
         loss_sum, seen = partial["loss_sum"], partial["seen"]
@@ -515,27 +675,22 @@ class Trainer:
         for step, (images, targets, _) in enumerate(loader, start=partial["step"] + 1):
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             targets = training_targets(targets, config.difficult_as).to(self.device)
-            logits = self.model(images)
-            loss = training_loss(self.criterion, logits, targets)
-            if not torch.isfinite(loss):
+            try:
+                loss, batch_images, stop = self.train_step(images, targets)
+            except NonFiniteLossError as error:
                 raise NonFiniteLossError(
-                    f"loss became {loss.item()} at epoch {epoch}, step {step}; the last good "
-                    f"checkpoint is {self.last_path}. Lower the learning rate or check the data."
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.optim.grad_clip_norm:
-                nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip_norm)
-            self.optimizer.step()
+                    f"{error} at epoch {epoch}, step {step}; the last good checkpoint is "
+                    f"{self.last_path}. Lower the learning rate or check the data."
+                ) from None
             timer.stop()
-            loss_sum += loss.item() * images.shape[0]
-            seen += images.shape[0]
+            loss_sum += loss * batch_images
+            seen += batch_images
             if bar is not None:
                 rate = seen / (time.perf_counter() - epoch_start)
-                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
+                bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
                 bar.update(1)
             _pause_for_tests("MSDGCN_TEST_STEP_DELAY")
-            if self.stop_signal is not None:
+            if stop or (self.stop_signal is not None and not self.context.enabled):
                 self._save_interrupted(
                     {"epoch": epoch, "step": step, "loss_sum": loss_sum, "seen": seen,
                      "timer_total": timer.total, "timer_count": timer.count,
@@ -550,27 +705,58 @@ class Trainer:
         }
 
     def _save_interrupted(self, partial: dict[str, Any]) -> None:
-        """Write `last.pt` in the middle of an epoch and raise TrainingInterrupted."""
+        """Write `last.pt` in the middle of an epoch and raise TrainingInterrupted on every rank."""
         payload = self._payload()
         payload["partial_epoch"] = partial
-        save_checkpoint(self.last_path, payload)
-        name = signal.Signals(self.stop_signal).name
+        if self.context.enabled:
+            # all_gather_object cannot unpickle tensors in torch 2.14, so they travel as numpy arrays.
+            states = distributed.gather_objects(_convert_tensors(_rng_state(), to_numpy=True), self.context)
+            payload["rng_ranks"] = [_convert_tensors(state, to_numpy=False) for state in states]
+        self._save(self.last_path, payload)
+        # Under torchrun a rank may stop because another rank received the signal.
+        signal_number = self.stop_signal or signal.SIGTERM
+        name = signal.Signals(signal_number).name
         message = (
             f"{name} received: stopped at epoch {partial['epoch']}, step {partial['step']}, and wrote "
             f"{self.last_path}. Run the same command again to continue from there."
         )
-        logger.warning(message)
-        raise TrainingInterrupted(message, self.stop_signal)
+        if self.context.is_main:
+            logger.warning(message)
+        raise TrainingInterrupted(message, signal_number)
 
     def _request_stop(self, signal_number: int, frame: Any) -> None:
+        # NOTE: the request is acted on after a training step only. A signal that arrives during
+        # an evaluation waits for it, and under torchrun that can outlast --shutdown-timeout.
         self.stop_signal = signal_number
+
+    def evaluate(self) -> tuple[dict[str, Any], np.ndarray]:
+        """Score the validation set and compute its metrics; under torchrun, on every rank.
+
+        Each rank scores a contiguous shard of the images, and the gathered scores hold exactly
+        one row per image, in dataset order.
+        """
+        config = self.config
+        if not self.context.enabled:
+            return evaluate(self.eval_model, self.val_loader, self.device, self.memory_format, config.precision)
+        distributed.broadcast_buffers(self.model, self.context)
+        local = np.zeros((0, len(self.val_set.class_names)))
+        if len(self.val_shard):
+            loader = make_loader(
+                torch.utils.data.Subset(self.val_set, self.val_shard),
+                config.batch_size,
+                train=False,
+                num_workers=config.num_workers,
+            )
+            local = predict(self.eval_model, loader, self.device, self.memory_format, config.precision)
+        rows = torch.from_numpy(local).to(self.device)
+        scores = distributed.gather_rows(rows, len(self.val_set), self.context).cpu().numpy()
+        metrics = multilabel_metrics(scores, self.val_set.targets, self.val_set.class_names)
+        return metrics, scores
 
     def fit(self, on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainState:
         """Train until `config.epochs`, evaluating on the validation set after every epoch."""
         config = self.config
-        steps_per_epoch = len(
-            make_loader(self.train_set, config.batch_size, train=True, num_workers=0)
-        )
+        steps_per_epoch = len(self._train_loader(epoch=1, num_workers=0))
         remaining = max(config.epochs - self.state.epoch, 0)
         bar = None
         if self.progress and remaining:
@@ -590,7 +776,7 @@ class Trainer:
                 lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
                 train_stats = self.train_one_epoch(epoch, bar)
                 eval_start = time.perf_counter()
-                metrics, _ = evaluate(self.model, self.val_loader, self.device, self.memory_format)
+                metrics, _ = self.evaluate()
                 record = {
                     "epoch": epoch,
                     **train_stats,
@@ -610,8 +796,8 @@ class Trainer:
                 # best.pt first: a kill between the two writes then leaves last.pt one epoch
                 # behind, and the rerun repeats that epoch, instead of a last.pt ahead of best.pt.
                 if improved:
-                    save_checkpoint(self.best_path, payload)
-                save_checkpoint(self.last_path, payload)
+                    self._save(self.best_path, payload)
+                self._save(self.last_path, payload)
                 logger.info(
                     "epoch %d/%d: loss %.4f, val mAP %.1f, CF1 %.1f, OF1 %.1f, %.2f s/batch%s",
                     epoch,
@@ -631,3 +817,11 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return self.state
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Return the augmentation seed of one rank: `seed` itself on rank 0, a distinct one elsewhere."""
+    if rank == 0:
+        return seed
+    return (seed * 1_000_033 + 7919 * rank) % (2**31)
+

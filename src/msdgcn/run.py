@@ -11,6 +11,9 @@ Result files of a run, in `results/<profile>/<dataset>/<variant>/`:
 `history.csv` (one row per epoch), `predictions.csv` and `labels.csv` (the validation
 probabilities and labels behind the metrics, so `python -m msdgcn evaluate` can recompute them).
 Checkpoints go to `checkpoints/` in the same folder and stay out of git.
+
+Under torchrun, `train_run` is what every process runs (`python -m msdgcn train`); the
+notebook and the batch command build that command line with `torchrun_command`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ import csv
 import io
 import json
 import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,7 @@ import numpy as np
 import timm
 import torch
 
-from . import provenance
+from . import distributed, provenance
 from .data import (
     ImageDecodeError,
     MultiLabelDataset,
@@ -39,7 +47,7 @@ from .data import (
     find_unreadable_images,
     training_targets,
 )
-from .engine import Trainer, evaluate, load_checkpoint, load_init_weights
+from .engine import Trainer, TrainingInterrupted, load_checkpoint, load_init_weights
 from .metrics import write_matrix_csv, write_text_atomically
 from .models import ModelConfig, build_model
 from .models.backbone import PYPI_LITE0_NORMALIZATION, PYPI_LITE0_SOURCE
@@ -215,24 +223,17 @@ def finish_run(
     official ADD-GCN code reports them. On COCO and VOC the validation split is the test split.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     best = load_checkpoint(trainer.best_path)
     if best["epoch"] != trainer.state.best_epoch:
         raise ValueError(
             f"{trainer.best_path} contains epoch {best['epoch']}, but the history's best epoch is "
             f"{trainer.state.best_epoch}; delete {trainer.checkpoint_dir} and train again"
         )
-    model = trainer.model
-    model.load_state_dict(best["model"])
-    metrics, scores = evaluate(model, trainer.val_loader, trainer.device, trainer.memory_format)
+    trainer.model.load_state_dict(best["model"])
+    metrics, scores = trainer.evaluate()
 
     val_set, train_set = trainer.val_set, trainer.train_set
-    write_matrix_csv(run_dir / "predictions.csv", val_set.image_ids, val_set.class_names, scores)
-    write_matrix_csv(
-        run_dir / "labels.csv", val_set.image_ids, val_set.class_names, val_set.targets, fmt="%d"
-    )
     history = trainer.state.history
-    _write_history(run_dir / "history.csv", history)
 
     batch_times = [row["batch_time"] for row in history if row.get("batch_time") is not None]
     best_row = next(row for row in history if row["epoch"] == trainer.state.best_epoch)
@@ -269,6 +270,7 @@ def finish_run(
         },
         "provenance": {
             "seed": config.seed,
+            "world_size": trainer.context.world_size,
             "git": trainer.code_version,
             "packages": provenance.package_versions(),
             "hardware": provenance.hardware(config.device),
@@ -283,24 +285,170 @@ def finish_run(
         },
         "config": config.to_dict(),
     }
+    if trainer.context.is_main:
+        _write_result_files(run_dir, result, scores, trainer)
+    trainer.context.barrier()
+    return result
+
+
+def _write_result_files(run_dir: Path, result: dict[str, Any], scores, trainer: Trainer) -> None:
+    val_set = trainer.val_set
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_matrix_csv(run_dir / "predictions.csv", val_set.image_ids, val_set.class_names, scores)
+    write_matrix_csv(
+        run_dir / "labels.csv", val_set.image_ids, val_set.class_names, val_set.targets, fmt="%d"
+    )
+    _write_history(run_dir / "history.csv", trainer.state.history)
     # metrics.json is written last: its presence marks the run as finished for the batch command.
     _write_json_atomic(run_dir / METRICS_FILE, result)
     logger.info("wrote %s", run_dir / METRICS_FILE)
-    return result
 
 
 def train_run(config: RunConfig, run_dir: Path, resume: bool = True, progress: bool = True) -> dict:
     """Run every step without a notebook: the entry point for scripts and `python -m msdgcn train`.
 
     `run_dir` is `run_dir_for(results_root, config)`, so the results root is three folders up.
+    Under torchrun each process joins the process group first and trains its share; every rank
+    returns the result, and rank 0 alone writes it.
     """
     start = time.perf_counter()
-    torch.manual_seed(config.seed)
-    train_set, val_set = build_run_data(config)
-    results_root = Path(run_dir).resolve().parents[2]
-    model = build_run_model(config, train_set.class_names, train_set.targets, results_root)
-    trainer = Trainer(config, model, train_set, val_set, Path(run_dir) / "checkpoints", progress)
-    if resume:
-        trainer.resume()
-    trainer.fit()
-    return finish_run(config, trainer, run_dir, time.perf_counter() - start)
+    joined = not distributed.is_initialized()
+    context = distributed.init_process_group(config.device)
+    distributed.quiet_other_ranks(context)
+    try:
+        torch.manual_seed(config.seed)
+        train_set, val_set = build_run_data(config)
+        results_root = Path(run_dir).resolve().parents[2]
+        model = build_run_model(config, train_set.class_names, train_set.targets, results_root)
+        checkpoint_dir = Path(run_dir) / "checkpoints"
+        trainer = Trainer(config, model, train_set, val_set, checkpoint_dir, progress, context)
+        if resume:
+            trainer.resume()
+        trainer.fit()
+        return finish_run(config, trainer, run_dir, time.perf_counter() - start)
+    finally:
+        if joined:
+            distributed.destroy_process_group()
+
+
+# Run parameters as `train` command-line options: (option, RunConfig key, type, help).
+# "optim.lr" is the `lr` of the `optim` group. Booleans take --name and --no-name.
+TRAIN_OPTIONS = (
+    ("--epochs", "epochs", int, "number of epochs"),
+    ("--image-size", "image_size", int, "square input size in pixels"),
+    ("--batch-size", "batch_size", int, "global batch size: images per step over all processes"),
+    ("--lr", "optim.lr", float, "head learning rate; the backbone gets it times backbone_lr_mult"),
+    ("--seed", "seed", int, "random seed"),
+    ("--device", "device", str, "torch device, for example cpu or cuda (cuda:<local rank> under torchrun)"),
+    ("--num-workers", "num_workers", int, "data loading processes per training process"),
+    ("--threads", "threads", int, "torch intra-op threads per process"),
+    ("--precision", "precision", str, "fp32, or autocast to bf16 or fp16"),
+    ("--channels-last", "channels_last", bool, "NHWC memory format for the model"),
+    ("--compile", "compile", bool, "torch.compile the model"),
+    ("--concurrent-runs", "concurrent_runs", int, "runs sharing the machine, recorded with batch times"),
+    ("--max-train-images", "max_train_images", int, "train on the first N images only"),
+    ("--max-val-images", "max_val_images", int, "evaluate on the first N images only"),
+    ("--init-weights", "init_weights", str, "weights-only start from this checkpoint or state dict"),
+    ("--skip-unreadable-images", "skip_unreadable_images", bool, "drop training images that fail to decode"),
+    ("--deterministic", "deterministic", bool, "deterministic GPU kernels only"),
+)
+
+
+def config_value(config: dict[str, Any], key: str) -> Any:
+    """Read a RunConfig dict entry by a TRAIN_OPTIONS key such as "optim.lr"."""
+    value: Any = config
+    for part in key.split("."):
+        value = value.get(part)
+    return value
+
+
+def train_arguments(config: RunConfig, results_root: str | Path) -> list[str]:
+    """Return the `python -m msdgcn train` arguments that rebuild exactly this config.
+
+    Every TRAIN_OPTIONS value is spelled out, except those that are None: None means the
+    profile's value, which is None too.
+    """
+    values = config.to_dict()
+    arguments = [
+        "--profile", config.profile, "--variant", config.variant, "--dataset", config.dataset,
+        "--data-root", str(config.data_root), "--results", str(results_root),
+    ]  # fmt: skip
+    for option, key, kind, _ in TRAIN_OPTIONS:
+        value = config_value(values, key)
+        if value is None:
+            continue
+        if kind is bool:
+            arguments.append(option if value else "--no-" + option.removeprefix("--"))
+        else:
+            arguments += [option, str(value)]
+    return arguments
+
+
+def torchrun_command(
+    config: RunConfig,
+    results_root: str | Path,
+    nproc_per_node: int,
+    launcher: tuple[str, ...] = ("torchrun",),
+    rendezvous: tuple[str, ...] = ("--standalone",),
+    shutdown_timeout: int = 120,
+) -> list[str]:
+    """Return a torchrun command line that trains this config in `nproc_per_node` processes.
+
+    `rendezvous` contains torchrun's options that find the other processes: `--standalone` for
+    one machine, or for several, for example
+    `("--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "HOST:PORT")`.
+    On SIGTERM, torchrun forwards the signal and kills its processes `shutdown_timeout` seconds
+    later (torch 2.14 waits 30 s by default), which must leave time for one step and a checkpoint.
+    """
+    return [
+        *launcher, *rendezvous, "--shutdown-timeout", str(shutdown_timeout),
+        "--nproc-per-node", str(nproc_per_node), "-m", "msdgcn", "train",
+        "--no-progress", *train_arguments(config, results_root),
+    ]  # fmt: skip
+
+
+def launch_torchrun(
+    config: RunConfig,
+    results_root: str | Path,
+    nproc_per_node: int,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train the config under torchrun on this machine and return the result that rank 0 wrote.
+
+    The processes start in this process's working folder, so relative paths in the config stay
+    valid, and their log lines are passed on to this process's log. The rendezvous listens on
+    127.0.0.1 only. Ctrl-C (KeyboardInterrupt) sends SIGTERM to torchrun, whose processes write
+    a resumable checkpoint, and raises TrainingInterrupted.
+    """
+    port = distributed.free_port()
+    command = torchrun_command(
+        config,
+        results_root,
+        nproc_per_node,
+        launcher=(sys.executable, "-m", "torch.distributed.run"),
+        rendezvous=("--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"),
+    )
+    if not resume:
+        command.append("--no-resume")
+    environment = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    logger.info("launching: %s", shlex.join(command))
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment
+    )
+    try:
+        for line in process.stdout:
+            logger.info("torchrun: %s", line.rstrip())
+        process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGTERM)
+        process.wait()
+        raise TrainingInterrupted(
+            "interrupted: the torchrun processes wrote a checkpoint; run again to continue",
+            signal.SIGINT,
+        ) from None
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"torchrun exited with status {process.returncode}; its log lines above name the error"
+        )
+    metrics_path = run_dir_for(results_root, config) / METRICS_FILE
+    return json.loads(metrics_path.read_text())
