@@ -143,7 +143,10 @@ def test_select_images_rejects_unknown_id(tiny_run):
     with pytest.raises(ValueError, match="not-an-id"):
         attention.select_images(val_set, details, ["not-an-id"], 1)
     rows = attention.select_images(val_set, details, None, 2, threshold=0.0)
+    assert len(rows) == 2
     assert all((val_set.targets[row] == 1).sum() >= 2 for row in rows)
+    # No probability reaches 1.5, so the first images are taken instead.
+    assert attention.select_images(val_set, details, None, 2, threshold=1.5) == details.rows[:2]
 
 
 # A_d of two images over classes a, b, c; [i, j] weights class i's message to class j.

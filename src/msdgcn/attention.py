@@ -160,7 +160,8 @@ def select_images(
 
     With `image_ids`, their rows. Otherwise the first `count` images that have at least
     `min_labels` true labels and at least one predicted class (probability >= threshold) in
-    `details`. Raises ValueError naming any id not in the dataset, or when no image qualifies.
+    `details`. When no image qualifies, the first `count` images of `details` are taken and a
+    warning is logged. Raises ValueError naming any id not in the dataset.
     """
     if image_ids is not None:
         row_of = {image_id: row for row, image_id in enumerate(dataset.image_ids)}
@@ -178,12 +179,13 @@ def select_images(
         if labelled and predicted_classes(probabilities, threshold):
             rows.append(row)
         if len(rows) == count:
-            break
+            return rows
     if not rows:
-        raise ValueError(
-            f"no image of {dataset.name} has {min_labels} or more labels and a class with probability "
-            f">= {threshold}. Pass image_ids or lower the threshold."
-        )
+        logger.warning(
+            "no image of %s has %d or more labels and a class with probability >= %g, so the first %d "
+            "images are shown", dataset.name, min_labels, threshold, count,
+        )  # fmt: skip
+        rows = details.rows[:count]
     return rows
 
 

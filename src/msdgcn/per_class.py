@@ -147,19 +147,22 @@ def per_class_ap(scores: np.ndarray, labels: np.ndarray, class_names: list[str])
 def classes_at_both_ends(
     class_ap: pd.Series, positives: pd.Series, count: int, min_positives: int = 1
 ) -> list[str]:
-    """Return the `count` best and `count` worst classes of a sorted AP series, best first.
+    """Select the `count` best and `count` worst classes of a sorted AP series, best first.
 
     Only classes with at least `min_positives` positive labels take part, because the curve of
-    a class with one positive is a single step. Raises ValueError when fewer than 2 * count
-    classes qualify.
+    a class with one positive is a single step. With fewer than 2 * count such classes, each
+    appears once and the worst end gets fewer. With none, every class of `class_ap` takes part
+    and a warning is logged.
     """
     eligible = class_ap[positives.reindex(class_ap.index) >= min_positives]
-    if len(eligible) < 2 * count:
-        raise ValueError(
-            f"only {len(eligible)} classes have {min_positives} or more positive labels, fewer than "
-            f"the {2 * count} requested. Lower min_positives or the number of classes."
+    if eligible.empty:
+        logger.warning(
+            "no class has %d or more positive labels, so the curves are drawn for any class", min_positives
         )
-    return list(eligible.index[:count]) + list(eligible.index[-count:])
+        eligible = class_ap
+    best = list(eligible.index[:count])
+    worst = [name for name in eligible.index[-count:] if name not in best]
+    return best + worst
 
 
 class PRCurve(NamedTuple):
@@ -254,7 +257,7 @@ def plot_pr_curves(
         ax.set_xlabel("recall (%)")
         ax.set_ylabel("precision (%)")
         ax.set_title("Precision-recall curves of the best and worst classes")
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
         figure.tight_layout()
         add_caption(figure, caption)
     if path is not None:
