@@ -137,7 +137,10 @@ else:
 # pairs with the largest value, with the number of training images labelled with both classes.
 # Spearman's rank correlation between mean $A_d$ and that co-occurrence count, over all pairs,
 # measures whether the dynamic graph links the classes that appear together in the labels.
-# ML-GCN builds its graph from exactly that statistic; ADD-GCN learns $A_d$ without it.
+# ML-GCN builds its graph from exactly that statistic; ADD-GCN learns $A_d$ without it. The
+# p-value treats the pairs as independent, which they are not (each class is in $C - 1$ pairs),
+# so it is a rough guide only. The two lists after it average $A_d$ over the other classes:
+# what each class receives (a column of $A_d$) and what it sends (a row).
 
 # %%
 if details.dynamic_adjacency is not None:
@@ -169,5 +172,6 @@ if details.dynamic_adjacency is not None:
 # %% [markdown]
 # A small $A_d$ everywhere means the dynamic graph passes little between category
 # representations, and D-GCN's output then rests on SAM's $v_c$ and the static graph. Whether
-# that happens depends on the run: the printed statistics above are those of this checkpoint,
-# at this run's scale, and say nothing about the paper's models trained for 50 epochs.
+# that happens depends on the run. The statistics printed above belong to this checkpoint at
+# this run's scale. They say nothing about MSD-GCN as published, which trains depth-101
+# backbones for 50 epochs on the full MS-COCO 2014 and PASCAL VOC 2007.

@@ -104,7 +104,7 @@ fig = per_class.plot_pr_curves(curves, class_ap, caption, figure_dir / f"pr_curv
 # %% [markdown]
 # ## Training curves of every variant
 #
-# Each run's `history.csv` holds the mean training loss and the validation mAP after every
+# Each run's `history.csv` contains the mean training loss and the validation mAP after every
 # epoch. Both losses used here, MultiLabelSoftMarginLoss and BCEWithLogitsLoss, average the
 # binary cross-entropy over the labels, so their values are on one scale (nats per label).
 # Variants of one profile may differ in image size and epochs; the caption groups them by scale.

@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="log one line per epoch, no progress bar")
     train.set_defaults(handler=_train_command)
 
-    report = commands.add_parser("report", help="execute the tables and figures notebooks")
+    report = commands.add_parser(
+        "report", help="execute the tables, figures, per-class and attention notebooks into results/"
+    )
     report.add_argument("--profile", default="cpu")
     report.add_argument("--results", default=str(REPO_ROOT / "results"))
     report.set_defaults(handler=_report_command)

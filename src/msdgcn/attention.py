@@ -32,7 +32,7 @@ import torch
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from PIL import Image
-from scipy import stats
+from scipy import special, stats
 
 from .batch import REPO_ROOT
 from .data import MultiLabelDataset
@@ -66,9 +66,10 @@ def train_command_for(checkpoint_path: str | PathLike[str]) -> str:
     profile, dataset, variant = "cpu", "coco-subset", "head-e"
     if len(parts) >= 5 and parts[-2] == "checkpoints":
         profile, dataset, variant = parts[-5], parts[-4], parts[-3]
+    data_root = "../shared/data/coco-subset" if dataset.startswith("coco-subset") else "DIR"
     return (
         f"python -m msdgcn train --profile {profile} --dataset {dataset} --variant {variant} "
-        "--data-root ../shared/data/coco-subset"
+        f"--data-root {data_root}"
     )
 
 
@@ -276,7 +277,7 @@ def attention_overlays(
     probabilities = details.probabilities[index]
     maps = details.activation_maps[index]
     if details.head == "add-gcn":
-        maps = 1.0 / (1.0 + np.exp(-maps.astype(np.float64)))
+        maps = special.expit(maps.astype(np.float64))  # the sigmoid SAM applies in eq. (1)
     return [
         Overlay(c, class_names[c], float(probabilities[c]), maps[c])
         for c in predicted_classes(probabilities, threshold, max_classes)
@@ -483,6 +484,9 @@ def rank_correlation(pairs: pd.DataFrame) -> dict[str, float]:
     """Return Spearman's rank correlation between "mean A_d" and co-occurrence over the pairs.
 
     Tied values get their mean rank (scipy.stats.spearmanr). Keys: rho, p_value, pairs.
+
+    NOTE: the p-value assumes independent pairs, but each class takes part in C - 1 pairs, so
+    it overstates the evidence and is a rough guide only.
     """
     result = stats.spearmanr(pairs["mean A_d"], pairs["co-occurrence"])
     return {"rho": float(result.statistic), "p_value": float(result.pvalue), "pairs": int(len(pairs))}
