@@ -246,7 +246,7 @@ def plot_pr_curves(
     """
     colors = sns.color_palette(PALETTE, len(curves))
     with sns.axes_style(SEABORN_STYLE):
-        figure, ax = plt.subplots(figsize=(6.0, 4.5))
+        figure, ax = plt.subplots(figsize=(7.5, 4.5))  # the legend sits right of the axes
         for color, (name, curve) in zip(colors, curves.items()):
             recall = np.concatenate(([0.0], curve.recall))
             precision = np.concatenate(([curve.precision[0]], curve.precision))
