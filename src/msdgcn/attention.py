@@ -392,8 +392,8 @@ def plot_adjacency(view: AdjacencyView, title: str, caption: str, path: str | Pa
     """Draw the image's A_d and the model's A_s over the same classes as two labelled heat maps.
 
     A_d is a sigmoid output in (0, 1), coloured on a log scale from its smallest shown value
-    (at least 1e-12) to 1 and annotated with its exact values. A_s is an unconstrained weight,
-    coloured on a linear scale centred at 0.
+    (at least 1e-12) to 1. A_s is an unconstrained weight, coloured on a linear scale centred
+    at 0. With up to 12 classes, each cell shows its value to two significant digits.
     """
     size = len(view.labels)
     width = 4.0 + 0.75 * size
@@ -430,9 +430,9 @@ def plot_adjacency(view: AdjacencyView, title: str, caption: str, path: str | Pa
 
 
 def label_cooccurrence(targets: np.ndarray) -> np.ndarray:
-    """Count, for each class pair (C, C), the images labelled with both; -1 counts as absent.
+    """Count, for each class pair (C, C), the images labelled with both. A -1 label counts as absent.
 
-    The diagonal holds the number of images of each class.
+    The diagonal contains the number of images of each class.
     """
     present = (np.asarray(targets) == 1).astype(np.int64)
     return present.T @ present
