@@ -393,7 +393,8 @@ def plot_adjacency(view: AdjacencyView, title: str, caption: str, path: str | Pa
 
     A_d is a sigmoid output in (0, 1), coloured on a log scale from its smallest shown value
     (at least 1e-12) to 1. A_s is an unconstrained weight, coloured on a linear scale centred
-    at 0. With up to 12 classes, each cell shows its value to two significant digits.
+    at 0. With up to 12 classes, each cell shows its value: A_d to two significant digits,
+    A_s to two decimals.
     """
     size = len(view.labels)
     width = 4.0 + 0.75 * size
