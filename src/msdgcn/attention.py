@@ -116,8 +116,9 @@ def load_trained_run(checkpoint_path: str | PathLike[str]) -> TrainedRun:
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint not found: {path}. Checkpoints are not in git, so train the run with "
-            f"`bash scripts/main_job.sh` (the cpu profile) or `{train_command_for(path)}`, "
-            "or pass the path of another best.pt as the `checkpoint` parameter."
+            f"`{train_command_for(path)}`, or with `bash scripts/main_job.sh` for the cpu profile "
+            "(add --force where the run's results are already committed, because the main job "
+            "skips finished runs). Or pass another best.pt as the `checkpoint` parameter."
         )
     payload = load_checkpoint(path)
     config = RunConfig.from_dict(payload["config"])

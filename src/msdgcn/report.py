@@ -114,7 +114,7 @@ def plan_report(
     if not checkpoint.is_file():
         logger.info(
             "skipping the attention notebook: %s not found (checkpoints are not in git). Train it "
-            "with `bash scripts/main_job.sh` (cpu profile) or `%s`",
+            "with `%s`, or with `bash scripts/main_job.sh --force` for the cpu profile",
             checkpoint, train_command_for(checkpoint),
         )  # fmt: skip
         return jobs
