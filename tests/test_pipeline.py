@@ -143,3 +143,11 @@ def test_book_builds_with_runs(report, repo_root, tmp_path):
     assert (html / "results" / "figures" / "figures.html").exists()
     assert (html / "book" / "method.html").exists()
     assert "images_per_second" in (html / "book" / "benchmarks.html").read_text()
+
+
+def test_result_notebooks_written(report):
+    for notebook in ("per_class.ipynb", "attention.ipynb"):
+        executed = nbformat.read(report / "smoke" / notebook, as_version=4)
+        assert any("injected-parameters" in cell.metadata.get("tags", []) for cell in executed.cells)
+    assert (report / "smoke" / "per_class" / "training_curves.png").stat().st_size > 10_000
+    assert list((report / "smoke" / "attention").glob("adjacency_*.png"))

@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(handler=_train_command)
 
-    report = commands.add_parser("report", help="execute the tables and figures notebooks")
+    report = commands.add_parser(
+        "report", help="execute the tables, figures, per-class and attention notebooks into results/"
+    )
     report.add_argument("--profile", default="cpu")
     report.add_argument("--results", default=str(REPO_ROOT / "results"))
     report.set_defaults(handler=_report_command)
