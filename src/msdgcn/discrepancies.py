@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .models.heads import ADDGCNHead, DynamicGCN, SemanticAttention
+from .models.mlgcn import correlation_matrix
 
 # Official state-dict key of the ADD-GCN head -> our key inside `ADDGCNHead`.
 OFFICIAL_HEAD_KEYS = {
@@ -309,10 +310,8 @@ def mlgcn_correlation_paper(cooccurrence: np.ndarray, counts: np.ndarray, tau: f
 def mlgcn_correlation_code(cooccurrence: np.ndarray, counts: np.ndarray, tau: float = 0.4, p: float = 0.25) -> np.ndarray:
     """Re-weight the binarised correlation as ML-GCN's published `gen_A` computes it.
 
-    `gen_A` divides by the column sums, `A * p / (A.sum(0) + 1e-6)`, and then adds the
-    identity, so the diagonal is 1 (the co-occurrence diagonal is zero) and each column, not
-    each row, shares p.
+    This is the builder our ML-GCN head uses (`models.mlgcn.correlation_matrix`): `gen_A`
+    divides by the column sums, `A * p / (A.sum(0) + 1e-6)`, and then adds the identity, so the
+    diagonal is 1 (the co-occurrence diagonal is zero) and each column, not each row, shares p.
     """
-    binary = _binarised_conditional(cooccurrence, counts, tau)
-    reweighted = binary * p / (binary.sum(axis=0, keepdims=True) + 1e-6)
-    return reweighted + np.eye(len(counts))
+    return correlation_matrix(cooccurrence, counts, threshold=tau, reweight=p)
