@@ -8,6 +8,7 @@ so an interrupted write never replaces a good `last.pt` with a broken one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -349,19 +350,47 @@ def make_loader(
     )
 
 
-@torch.no_grad()
+# Autocast dtypes of the evaluation forward; "fp32" runs without autocast.
+EVAL_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def eval_autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Return the autocast context of an evaluation forward in `precision` on `device`.
+
+    Under "bf16" or "fp16", autocast runs convolutions and matrix products in that dtype and
+    keeps reductions such as BatchNorm statistics and softmax in float32.
+    """
+    if precision not in EVAL_PRECISIONS:
+        raise ValueError(
+            f"unknown precision {precision!r}; choose one of {', '.join(EVAL_PRECISIONS)}"
+        )
+    dtype = EVAL_PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def predict(
     model: nn.Module,
     loader: DataLoader,
     device: torch.device,
     memory_format: torch.memory_format = torch.contiguous_format,
+    *,
+    precision: str = "fp32",
 ) -> np.ndarray:
-    """Return sigmoid probabilities (N, C) in dataset order."""
+    """Return sigmoid probabilities (N, C) in dataset order, as float64.
+
+    `memory_format` applies to the input batches only. Convert the model with
+    `model.to(memory_format=...)` as well, or its convolutions convert every layer's input back.
+    With `precision` "bf16" or "fp16" the forward runs under autocast (see `eval_autocast`),
+    and the sigmoid is taken of the logits cast back to float32.
+    """
     model.eval()
     scores = []
-    for images, _, _ in loader:
-        logits = model(images.to(device, non_blocking=True, memory_format=memory_format))
-        scores.append(torch.sigmoid(logits.float()).cpu())
+    with torch.inference_mode(), eval_autocast(device, precision):
+        for images, _, _ in loader:
+            logits = model(images.to(device, non_blocking=True, memory_format=memory_format))
+            scores.append(torch.sigmoid(logits.float()).cpu())
     return torch.cat(scores).numpy().astype(np.float64)
 
 
@@ -370,10 +399,12 @@ def evaluate(
     loader: DataLoader,
     device: torch.device,
     memory_format: torch.memory_format = torch.contiguous_format,
+    *,
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Score every image of the loader's dataset and compute the multi-label metrics."""
     dataset: MultiLabelDataset = loader.dataset
-    scores = predict(model, loader, device, memory_format)
+    scores = predict(model, loader, device, memory_format, precision=precision)
     metrics = multilabel_metrics(scores, dataset.targets, dataset.class_names)
     return metrics, scores
 
