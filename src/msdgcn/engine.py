@@ -133,7 +133,13 @@ def _seed_worker(worker_id: int) -> None:
 class BatchTimer:
     """Mean wall time per training batch (data loading included), after a warm-up.
 
-    On CUDA the clock waits for queued kernels, so every variant is timed the same way.
+    A batch's time runs from the previous `stop` (or `start`) to its own `stop`, so it covers
+    loading the batch, the copy to the device, forward, backward and optimizer step, plus the
+    loop's bookkeeping after the previous step. On CUDA every reading first waits for the
+    queued kernels (torch.cuda.synchronize), so a batch is charged for its own kernels and not
+    for those of the next one. The first `warmup` batches (memory allocation, cuDNN autotuning,
+    worker start) are left out of `mean`. Table 3's batch time and benchmarks/speed.py use this
+    one timer, so their numbers compare variants timed the same way.
     """
 
     def __init__(self, device: torch.device, warmup: int = 1):
