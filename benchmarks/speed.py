@@ -156,64 +156,108 @@ def _optimizer(model: torch.nn.Module, kind: str, fused: bool) -> torch.optim.Op
     return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, **extra)
 
 
-def time_model(name: str, setting: str, sizes: dict, device_name: str, compile_model: bool, threads: int | None) -> dict:
-    """Time the evaluation forward, then the training step, of one model in one setting.
+class SettingRun:
+    """One model copy in one setting, with its batch, optimizer and timers."""
 
-    Runs in its own process when called through `run_isolated`, so that the peak resident
-    memory (ru_maxrss, which only grows) belongs to this model and setting alone.
+    def __init__(self, name: str, setting: str, family: dict, device: torch.device, compile_model: bool):
+        self.setting = setting
+        fast = setting == "fast"
+        self.device = device
+        self.precision = "bf16" if fast else "fp32"
+        memory_format = torch.channels_last if fast else torch.contiguous_format
+        model, spec = build_benchmark_model(name)
+        self.model = model.to(device, memory_format=memory_format)
+        self.compiled = torch.compile(self.model) if fast and compile_model else self.model
+        self.optimizer = _optimizer(self.model, spec.get("optimizer", "sgd"), fused=fast and device.type == "cuda")
+        generator = torch.Generator().manual_seed(1)
+        size, batch = family["image_size"], family["batch_size"]
+        self.images = torch.randn(batch, 3, size, size, generator=generator).to(device, memory_format=memory_format)
+        self.targets = (torch.rand(batch, 80, generator=generator) < 2.9 / 80).float().to(device)
+        self.criterion = torch.nn.BCEWithLogitsLoss()
+        self.eval_timer = BatchTimer(device, warmup=0)
+        self.train_timer = BatchTimer(device, warmup=0)
+        self.logits = None
+        self.first_logits = None
+        self.summary: dict[str, Any] = {
+            "setting": setting, "image_size": size, "batch_size": batch, "precision": self.precision,
+            "memory_format": "channels_last" if fast else "NCHW", "compile": bool(fast and compile_model),
+        }
+
+    def eval_step(self, timed: bool) -> None:
+        self.model.eval()
+        if timed:
+            self.eval_timer.start()
+        with torch.inference_mode(), eval_autocast(self.device, self.precision):
+            self.logits = self.compiled(self.images)
+        if timed:
+            self.eval_timer.stop()
+
+    def train_step(self, timed: bool) -> None:
+        self.model.train()
+        if timed:
+            self.train_timer.start()
+        with eval_autocast(self.device, self.precision):
+            loss = self.criterion(self.compiled(self.images).float(), self.targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if timed:
+            self.train_timer.stop()
+
+
+def time_model(name: str, sizes: dict, device_name: str, compile_model: bool, threads: int | None) -> dict:
+    """Time the evaluation forward and the training step of one model in both settings.
+
+    The timed steps of the two settings alternate (plain, fast, plain, ...), so a change in the
+    machine's load during the run slows both alike and their ratio stays fair. Peak memory is
+    read after each setting's warm-up: the fast setting warms up first, so the plain reading is
+    the larger of both peaks on CPU, where the resident set size only grows (exact on CUDA).
+    Runs in its own process when called through `run_isolated`, so the memory is this model's.
     """
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device_name)
-    fast = setting == "fast"
-    model, spec = build_benchmark_model(name)
-    family = SIZES[sizes["mode"]][spec["family"]]
-    size, batch, steps = family["image_size"], family["batch_size"], family["steps"]
-    memory_format = torch.channels_last if fast else torch.contiguous_format
-    precision = "bf16" if fast else "fp32"
-    model = model.to(device, memory_format=memory_format)
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(batch, 3, size, size, generator=generator).to(device, memory_format=memory_format)
-    targets = (torch.rand(batch, 80, generator=generator) < 2.9 / 80).float().to(device)
-    result: dict[str, Any] = {"model": name, "setting": setting, "image_size": size, "batch_size": batch,
-                              "timed_steps": steps, "warmup_steps": WARMUP_STEPS, "precision": precision,
-                              "memory_format": "channels_last" if fast else "NCHW",
-                              "compile": bool(fast and compile_model), "threads": torch.get_num_threads()}
+    family = SIZES[sizes["mode"]][MODELS[name]["family"]]
+    runs = {setting: SettingRun(name, setting, family, device, compile_model) for setting in ("fast", "plain")}
 
     # FLOPs of one image's evaluation forward, counted in fp32 eager mode (the same in any setting).
-    model.eval()
+    plain = runs["plain"]
+    plain.model.eval()
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(images[:1])
-    result["eval_flops_per_image"] = counter.get_total_flops()
+        plain.model(plain.images[:1])
+    flops = counter.get_total_flops()
 
-    forward = torch.compile(model) if fast and compile_model else model
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    timer = BatchTimer(device, warmup=WARMUP_STEPS)
-    with torch.inference_mode(), eval_autocast(device, precision):
-        timer.start()
-        for _ in range(WARMUP_STEPS + steps):
-            logits = forward(images)
-            timer.stop()
-    result["eval_images_per_second"] = batch / timer.mean
-    result["eval_logits"] = logits.float().cpu().tolist()
-    result["eval_peak_memory_bytes"] = _peak_memory(device)
+    for run in runs.values():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        run.eval_step(timed=False)
+        # Both copies hold the same seeded weights until their first training step.
+        run.first_logits = run.logits.float().cpu()
+        run.train_step(timed=False)
+        for _ in range(WARMUP_STEPS - 1):
+            run.eval_step(timed=False)
+            run.train_step(timed=False)
+        run.summary["peak_memory_bytes"] = _peak_memory(device)
+    for _ in range(family["steps"]):
+        for run in runs.values():
+            run.eval_step(timed=True)
+    for _ in range(family["steps"]):
+        for run in runs.values():
+            run.train_step(timed=True)
 
-    model.train()
-    trainer = torch.compile(model) if fast and compile_model else model
-    optimizer = _optimizer(model, spec.get("optimizer", "sgd"), fused=fast and device.type == "cuda")
-    criterion = torch.nn.BCEWithLogitsLoss()
-    timer = BatchTimer(device, warmup=WARMUP_STEPS)
-    timer.start()
-    for _ in range(WARMUP_STEPS + steps):
-        with eval_autocast(device, precision):
-            loss = criterion(trainer(images).float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        timer.stop()
-    result["train_images_per_second"] = batch / timer.mean
-    result["train_peak_memory_bytes"] = _peak_memory(device)
+    result = {}
+    for setting, run in runs.items():
+        batch = run.summary["batch_size"]
+        result[setting] = {
+            **run.summary,
+            "timed_steps": family["steps"],
+            "warmup_steps": WARMUP_STEPS,
+            "threads": torch.get_num_threads(),
+            "eval_flops_per_image": flops,
+            "eval_images_per_second": batch / run.eval_timer.mean,
+            "train_images_per_second": batch / run.train_timer.mean,
+            "eval_logits": run.first_logits.tolist(),
+        }
     return result
 
 
@@ -258,12 +302,11 @@ def benchmark_models(names, args, peaks: dict[str, float], deadline: float | Non
             continue
         entry: dict[str, Any] = {"description": MODELS[name]["model"]}
         try:
-            for setting in ("plain", "fast"):
-                logger.info("timing %s, %s setting", name, setting)
-                entry[setting] = run_isolated(
-                    time_model, name, setting, {"mode": args.mode}, args.device, args.compile, args.threads,
-                    isolate=args.isolate,
-                )
+            logger.info("timing %s, plain and fast settings", name)
+            entry.update(run_isolated(
+                time_model, name, {"mode": args.mode}, args.device, args.compile, args.threads,
+                isolate=args.isolate,
+            ))
         except (RuntimeError, ValueError) as error:
             logger.warning("model %s failed and is skipped: %s", name, error)
             results[name] = {"skipped": f"failed: {error}"}

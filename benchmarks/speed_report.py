@@ -53,7 +53,7 @@ def models_section(data: dict) -> str:
             _giga(plain["eval_flops_per_image"]),
             f"{_giga(plain['eval_flops_per_second'])} ({100 * plain['eval_fraction_of_matmul_peak']:.0f}%)",
             f"{_giga(fast['eval_flops_per_second'])} ({100 * fast['eval_fraction_of_matmul_peak']:.0f}%)",
-            f"{_mib(plain['train_peak_memory_bytes'])} / {_mib(fast['train_peak_memory_bytes'])}",
+            f"{_mib(plain['peak_memory_bytes'])} / {_mib(fast['peak_memory_bytes'])}",
             f"{entry['fast_vs_plain_logits']['max_probability_change']:.3f}",
         ])
     text = "### Training step and evaluation forward\n\n"
@@ -73,7 +73,9 @@ def models_section(data: dict) -> str:
         f"{_giga(peaks['bf16'])} GFLOP/s bf16. FLOPs count 2 per multiply-add, from "
         "torch.utils.flop_counter.FlopCounterMode on one image's fp32 forward. Peak memory is the "
         "GPU's max_memory_allocated, or on CPU the peak resident set of the process that timed "
-        "the model, after its training steps.\n"
+        "the model, read after each setting's warm-up step; the fast setting warms up first, so "
+        "on CPU the plain reading is the larger of the two peaks. Plain and fast steps alternate, "
+        "so a change of load during the run slows both alike.\n"
     )
     return text
 
