@@ -580,6 +580,11 @@ def main(argv=None) -> int:
         raise SystemExit("--device cuda was requested, but torch finds no CUDA GPU; use --device cpu")
     quick = args.mode == "quick"
     sections = set(args.sections.split(","))
+    # Checked before the model timings, which take minutes, instead of failing after them.
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise SystemExit(f"checkpoint not found: {args.checkpoint}. Pass an existing best.pt, or omit --checkpoint")
+    if sections & {"bf16", "data"} and not args.data_root.is_dir():
+        raise SystemExit(f"coco-subset folder not found: {args.data_root}. Pass it with --data-root")
     names = [name for name in args.models.split(",") if name]
     started = time.monotonic()
     deadline = started + args.time_budget if args.time_budget else None
