@@ -106,16 +106,16 @@ HTML(tables.link_runs(table1).to_html(escape=False))
 # %% [markdown]
 # ## Table 2: PASCAL VOC 2007 per-class AP
 #
-# On this machine the VOC code path can run on the VOC-20 view of coco-subset (its 20 VOC
-# classes, renamed), so a measured row here would check that path, not reproduce a VOC-2007
-# result. The main job does not run it; the command in each "not run" row adds that row, for
-# example `python -m msdgcn batch --profile cpu --dataset coco-subset-voc20 --data-root
-# ../shared/data/coco-subset --variants head-gap head-mlgcn head-e`. An ML-GCN run on this view
-# reads the GloVe vectors of VOC's class names and counts co-occurrence on its training images.
+# On this machine the VOC code path runs on the VOC-20 view of coco-subset (the COCO images that
+# contain one of the 20 VOC classes, with those labels renamed), so a measured row here checks
+# that path and does not reproduce a VOC-2007 result. The main job trains these rows; the command
+# in a "not run" row adds that row. An ML-GCN run on this view reads the GloVe vectors of VOC's
+# class names and counts co-occurrence on its own training images.
 
 # %%
 table2 = tables.table2(results_root, profile, voc_dataset)
 tables.save_table(table2, table_dir / f"table2_{voc_dataset}.csv")
 caption = tables.scale_caption(results_root, profile, voc_dataset)
-display(Markdown(f"*Table 2. {caption} Cited rows: PASCAL VOC 2007 test, as printed in the paper.*"))
+start = tables.start_caption(profile, voc_dataset)
+display(Markdown(f"*Table 2. {caption} {start} Cited rows: PASCAL VOC 2007 test, as printed in the paper.*"))
 HTML(tables.link_runs(table2).to_html(escape=False))

@@ -184,6 +184,28 @@ def test_batch_timer_skips_warmup():
     assert timer.mean is not None and timer.mean >= 0
 
 
+def test_batch_timer_mean_and_cuda_sync(monkeypatch):
+    readings = iter([0.0, 5.0, 5.0, 6.0, 6.0, 9.0, 9.0])  # a 5 s warm-up, then 1 s and 3 s
+    synchronized = []
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: next(readings))
+    monkeypatch.setattr(engine.torch.cuda, "synchronize", lambda device: synchronized.append(device))
+    timer = BatchTimer(torch.device("cuda", 0), warmup=1)
+    timer.start()
+    assert [timer.stop() for _ in range(3)] == [5.0, 1.0, 3.0]
+    assert timer.count == 2
+    assert timer.mean == 2.0
+    # One synchronisation before every clock reading: start, then two per stop.
+    assert synchronized == [torch.device("cuda", 0)] * 7
+
+
+def test_batch_timer_no_sync_on_cpu(monkeypatch):
+    monkeypatch.setattr(engine.torch.cuda, "synchronize", lambda device: pytest.fail("synchronized on CPU"))
+    timer = BatchTimer(torch.device("cpu"), warmup=0)
+    timer.start()
+    timer.stop()
+    assert timer.count == 1
+
+
 def test_ignored_targets_leave_loss_out():
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.3, 4.0, -2.0]])
     targets = torch.tensor([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])

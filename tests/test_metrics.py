@@ -530,3 +530,112 @@ def test_run_evaluate_raises_on_missing_file(tmp_path, csv_pair):
     )
     with pytest.raises(FileNotFoundError, match=r"nowhere\.csv"):
         run_evaluate(args)
+
+
+# ---------------------------------------------------------------------------
+# Vectorised metrics against plain per-class and per-image loops
+# ---------------------------------------------------------------------------
+
+
+def loop_average_precision(scores, targets, column):
+    """AP of one class by walking its distinct scores from high to low, in plain Python."""
+    entries = [(s, t) for s, t in zip(scores[:, column], targets[:, column]) if t != -1]
+    num_positives = sum(1 for _, t in entries if t == 1)
+    if num_positives == 0:
+        return None
+    total = 0.0
+    for threshold in sorted({s for s, _ in entries}, reverse=True):
+        at_threshold = [t for s, t in entries if s == threshold]
+        above = [t for s, t in entries if s >= threshold]
+        precision = sum(1 for t in above if t == 1) / len(above)
+        total += precision * sum(1 for t in at_threshold if t == 1) / num_positives
+    return total
+
+
+def loop_top_k(scores, k):
+    """Top-k mask: sort each row by (-score, class index) and keep the first k."""
+    mask = np.zeros(scores.shape, dtype=bool)
+    for row in range(scores.shape[0]):
+        ranked = sorted(range(scores.shape[1]), key=lambda c: (-scores[row, c], c))
+        mask[row, ranked[:k]] = True
+    return mask
+
+
+def loop_count_metrics(predicted, targets):
+    """CP, CR, CF1, OP, OR, OF1 and macro_F1 from per-class counts gathered in a loop."""
+    precisions, recalls, f1s = [], [], []
+    totals = {"tp": 0, "fp": 0, "fn": 0}
+    for c in range(targets.shape[1]):
+        tp = fp = fn = 0
+        for row in range(targets.shape[0]):
+            if targets[row, c] == -1:
+                continue
+            if predicted[row, c] and targets[row, c] == 1:
+                tp += 1
+            elif predicted[row, c]:
+                fp += 1
+            elif targets[row, c] == 1:
+                fn += 1
+        totals["tp"] += tp
+        totals["fp"] += fp
+        totals["fn"] += fn
+        precisions.append(tp / (tp + fp) if tp + fp else 0.0)
+        if tp + fn:
+            recalls.append(tp / (tp + fn))
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    cp, cr = np.mean(precisions), np.mean(recalls)
+    op = totals["tp"] / (totals["tp"] + totals["fp"]) if totals["tp"] + totals["fp"] else 0.0
+    orr = totals["tp"] / (totals["tp"] + totals["fn"]) if totals["tp"] + totals["fn"] else 0.0
+    return {
+        "CP": cp,
+        "CR": cr,
+        "CF1": 2 * cp * cr / (cp + cr) if cp + cr else 0.0,
+        "OP": op,
+        "OR": orr,
+        "OF1": 2 * op * orr / (op + orr) if op + orr else 0.0,
+        "macro_F1": np.mean(f1s),
+    }
+
+
+@pytest.fixture(scope="module")
+def tied_random_case():
+    """Scores on a 0.05 grid (many ties) and labels with 3% positives and 5% ignored entries."""
+    rng = np.random.default_rng(11)
+    num_images, num_classes = 400, 12
+    targets = (rng.random((num_images, num_classes)) < 0.03).astype(np.int8)
+    targets[rng.random((num_images, num_classes)) < 0.05] = -1
+    targets[:, 0] = -1  # a class with only ignored entries
+    targets[1:, 1] = 0  # a class with a single positive
+    targets[0, 1] = 1
+    scores = np.round(rng.random((num_images, num_classes)) * 20) / 20
+    scores[:, 2] = 0.5  # a class whose scores are all tied
+    targets[:5, 2] = 1
+    return scores, targets
+
+
+def test_average_precision_matches_loop(tied_random_case):
+    scores, targets = tied_random_case
+    ap = average_precision(scores, targets)
+    for c in range(scores.shape[1]):
+        expected = loop_average_precision(scores, targets, c)
+        if expected is None:
+            assert np.isnan(ap[c]), f"class {c}"
+        else:
+            assert ap[c] == pytest.approx(expected, abs=1e-12), f"class {c}"
+
+
+@pytest.mark.parametrize("k", [1, 3, 12, 20])
+def test_top_k_matches_sorted_loop(tied_random_case, k):
+    scores, _ = tied_random_case
+    expected = loop_top_k(scores, k) & (scores >= 0.5)
+    np.testing.assert_array_equal(predict_labels(scores, threshold=0.5, top_k=k), expected)
+
+
+def test_count_metrics_match_loop(tied_random_case):
+    scores, targets = tied_random_case
+    result = multilabel_metrics(scores, targets, [f"class{c}" for c in range(scores.shape[1])])
+    expected = loop_count_metrics(scores >= 0.5, targets)
+    expected_top3 = loop_count_metrics(loop_top_k(scores, 3) & (scores >= 0.5), targets)
+    for key in METRIC_KEYS:
+        assert result[key] == pytest.approx(expected[key], abs=1e-12), key
+        assert result["top3"][key] == pytest.approx(expected_top3[key], abs=1e-12), f"top3 {key}"

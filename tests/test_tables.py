@@ -169,3 +169,10 @@ def test_links_point_to_run_pages(tmp_path):
     linked = tables.link_runs(tables.table3(tmp_path, "cpu", "coco-subset"))
     assert linked.loc["c", "our run"] == '<a href="coco-subset/c/train_variant.html">c</a>'
     assert linked.loc["a", "our run"] == "not run"
+
+
+def test_table2_caption_states_where_the_rows_start():
+    paper_start = tables.start_caption("paper", "voc2007")
+    assert "best coco2014 checkpoint" in paper_start
+    cpu_start = tables.start_caption("cpu", "coco-subset-voc20")
+    assert "no COCO-trained start" in cpu_start

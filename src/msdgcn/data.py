@@ -80,8 +80,17 @@ class ImageDecodeError(ValueError):
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
-def load_image(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+def load_image(
+    path: str | Path,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    draft_side: int | None = None,
+) -> Image.Image:
     """Decode an image file into an RGB PIL image, rotated upright by its EXIF orientation.
+
+    With `draft_side`, a JPEG is decoded at 1/2, 1/4 or 1/8 scale when the result still has
+    both sides >= draft_side (PIL's draft mode, which scales inside libjpeg's DCT step). A
+    transform that then resizes to a square of side <= draft_side sees the same picture up to
+    resampling differences, checked in the tests against a full decode. Other formats ignore it.
 
     Handles grayscale, palette, RGBA (composited over white), CMYK, 16-bit and animated images
     (the first frame). Raises ImageDecodeError, naming the file, when the file is missing, empty,
@@ -109,6 +118,14 @@ def load_image(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> I
                         f"image file {path} claims {width} x {height} = {width * height} pixels, above "
                         f"the limit of {max_pixels} (a decompression bomb or a corrupt header). {advice}"
                     )
+                # Draft mode also switches libjpeg to its fast IDCT, which changes pixels even
+                # at full scale, so it is used only when it halves the image at least.
+                if (
+                    draft_side is not None
+                    and image.format == "JPEG"
+                    and min(width, height) >= 2 * draft_side
+                ):
+                    image.draft(image.mode, (draft_side, draft_side))
                 # load() decodes all pixel data now, so a truncated file raises inside this try.
                 image.load()
                 return to_rgb(ImageOps.exif_transpose(image))
@@ -168,6 +185,9 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         transform: callable applied to the RGB PIL image, or None to return the PIL image.
         cache_images: keep decoded PIL images in memory after the first read. The cache is
             per process, so each DataLoader worker fills its own copy.
+        draft_side: passed to `load_image`, so JPEGs decode at reduced scale when both sides
+            stay >= draft_side. Set it to `transform_input_side` of the transform, or leave it
+            None for a full decode.
         dropped_unlabeled: number of images of the split left out because they have no label.
         difficult_as: how training should treat -1 targets: "positive", "negative" or "ignore"
             (see `training_targets`). Evaluation ignores -1 regardless of this setting.
@@ -186,6 +206,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         cache_images: bool = False,
         dropped_unlabeled: int = 0,
         difficult_as: str = "positive",
+        draft_side: int | None = None,
     ) -> None:
         targets = np.asarray(targets)
         if targets.ndim != 2:
@@ -212,9 +233,11 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         self.cache_images = cache_images
         self.dropped_unlabeled = int(dropped_unlabeled)
         self.difficult_as = difficult_as
+        self.draft_side = draft_side
         # Shared by copies from with_transform, so train and val views decode each image once.
-        # Keyed by path, so copies with fewer rows (take_first, without_rows) can share it.
-        self._image_cache: dict[Path, Image.Image] = {}
+        # Keyed by path and draft side, so copies with fewer rows (take_first, without_rows)
+        # can share it, and a view that needs a larger decode never gets a smaller one.
+        self._image_cache: dict[tuple[Path, int | None], Image.Image] = {}
 
     @property
     def num_classes(self) -> int:
@@ -233,13 +256,14 @@ class MultiLabelDataset(torch.utils.data.Dataset):
 
     def read_image(self, index: int) -> Image.Image:
         """Decode image `index` with `load_image`, or take it from the cache when enabled."""
-        if not self.cache_images:
-            return load_image(self.image_paths[index])
         path = self.image_paths[index]
-        cached = self._image_cache.get(path)
+        if not self.cache_images:
+            return load_image(path, draft_side=self.draft_side)
+        key = (path, self.draft_side)
+        cached = self._image_cache.get(key)
         if cached is None:
-            cached = load_image(path)
-            self._image_cache[path] = cached
+            cached = load_image(path, draft_side=self.draft_side)
+            self._image_cache[key] = cached
         return cached
 
     def without_rows(self, rows: Sequence[int]) -> MultiLabelDataset:
@@ -322,6 +346,7 @@ def _select(
         cache_images=dataset.cache_images,
         dropped_unlabeled=dropped_unlabeled,
         difficult_as=dataset.difficult_as,
+        draft_side=dataset.draft_side,
     )
 
 
@@ -822,25 +847,70 @@ class MultiScaleCrop:
         )
 
 
-def build_train_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+def transform_input_side(size: int, train: bool) -> int:
+    """Return the square side the first Resize of the train or test transform produces.
+
+    A decode at reduced scale (`load_image`'s draft_side) must keep both image sides at least
+    this large, so that Resize still only shrinks.
+    """
+    return size + 64 if train else size
+
+
+def _to_tensor_steps(mean: Sequence[float], std: Sequence[float], normalize_on_batch: bool) -> list:
+    if normalize_on_batch:
+        # uint8 (3, H, W): a quarter of float32's bytes through worker queues and pinned memory.
+        return [T.PILToTensor()]
+    return [T.ToTensor(), T.Normalize(mean, std)]
+
+
+def build_train_transform(
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    normalize_on_batch: bool = False,
+) -> T.Compose:
     """Build the training transform of the official ADD-GCN pipeline.
 
     PIL RGB image -> Resize to (size + 64) square -> MultiScaleCrop(size, scales 1.0 to 0.5,
     max_distort 2) -> random horizontal flip -> float tensor (3, size, size) normalised by
-    mean and std.
+    mean and std. With `normalize_on_batch` the transform stops at a uint8 tensor
+    (3, size, size), and `normalize_batch` finishes the batch, on the training device if wanted.
     """
     return T.Compose(
         [
             T.Resize((size + 64, size + 64)),
             MultiScaleCrop(size, scales=(1.0, 0.875, 0.75, 0.66, 0.5), max_distort=2),
             T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(mean, std),
+            *_to_tensor_steps(mean, std, normalize_on_batch),
         ]
     )
 
 
-def build_test_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+def build_test_transform(
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    normalize_on_batch: bool = False,
+) -> T.Compose:
     """Build the deterministic test transform: PIL RGB image -> Resize to a size square ->
-    float tensor (3, size, size) normalised by mean and std."""
-    return T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(mean, std)])
+    float tensor (3, size, size) normalised by mean and std, or a uint8 tensor with
+    `normalize_on_batch` (see `build_train_transform`)."""
+    return T.Compose([T.Resize((size, size)), *_to_tensor_steps(mean, std, normalize_on_batch)])
+
+
+def normalize_batch(
+    images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """Turn a uint8 batch (B, 3, H, W) into the float32 batch that ToTensor + Normalize give.
+
+    Computes (images / 255 - mean) / std in float32 on the batch's device, keeping its memory
+    format, with the same operations in the same order as the per-image transforms.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize_batch expects a uint8 batch, got {images.dtype}")
+    shape = (1, -1, 1, 1)
+    mean_tensor = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(shape)
+    std_tensor = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(shape)
+    return images.float().div_(255).sub_(mean_tensor).div_(std_tensor)

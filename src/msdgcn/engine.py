@@ -168,7 +168,13 @@ def _seed_worker(worker_id: int) -> None:
 class BatchTimer:
     """Mean wall time per training batch (data loading included), after a warm-up.
 
-    On CUDA the clock waits for queued kernels, so every variant is timed the same way.
+    A batch's time runs from the previous `stop` (or `start`) to its own `stop`, so it covers
+    loading the batch, the copy to the device, forward, backward and optimizer step, plus the
+    loop's bookkeeping after the previous step. On CUDA every reading first waits for the
+    queued kernels (torch.cuda.synchronize), so a batch is charged for its own kernels and not
+    for those of the next one. The first `warmup` batches (memory allocation, cuDNN autotuning,
+    worker start) are left out of `mean`. Table 3's batch time and benchmarks/speed.py use this
+    one timer, so their numbers compare variants timed the same way.
     """
 
     def __init__(self, device: torch.device, warmup: int = 1):
@@ -408,7 +414,15 @@ def make_loader(
     )
 
 
-@torch.no_grad()
+# Largest change of a sigmoid probability from fp32 that the bf16 evaluation forward is allowed,
+# so a predicted label (probability >= 0.5) may flip only where fp32 gives 0.35 to 0.65.
+# Measured with EfficientNet-Lite0 on CPU: at most 0.12 on 12 coco-subset images at 160 px
+# (tests/test_fast_paths.py); benchmarks/speed.py reports the measured change for each run.
+# NOTE: on a trained head-e checkpoint (124 coco-subset images, 224 px) one probability of 9,920
+# moved by 0.28, so this bound held for the labels there but not for every probability.
+BF16_PROBABILITY_TOLERANCE = 0.15
+
+
 def predict(
     model: nn.Module,
     loader: DataLoader,
@@ -416,18 +430,21 @@ def predict(
     memory_format: torch.memory_format = torch.contiguous_format,
     precision: str = "fp32",
 ) -> np.ndarray:
-    """Return sigmoid probabilities (N, C) in dataset order, float64.
+    """Return sigmoid probabilities (N, C) in dataset order, as float64.
 
-    The forward pass runs under the precision's autocast, and the logits are cast to float32
-    before the sigmoid.
+    `memory_format` applies to the input batches only. Convert the model with
+    `model.to(memory_format=...)` as well, or its convolutions convert every layer's input back.
+    With `precision` "bf16" or "fp16" the forward runs under autocast (see `autocast`),
+    and the sigmoid is taken of the logits cast back to float32.
     """
     model.eval()
     scores = []
-    for images, _, _ in loader:
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        with autocast(device, precision):
-            logits = model(images)
-        scores.append(torch.sigmoid(logits.float()).cpu())
+    # no_grad rather than inference_mode: under inference_mode autocast casts every weight again on
+    # every batch, while under no_grad one context caches the casts for the whole pass (torch 2.14).
+    with torch.no_grad(), autocast(device, precision):
+        for images, _, _ in loader:
+            logits = model(images.to(device, non_blocking=True, memory_format=memory_format))
+            scores.append(torch.sigmoid(logits.float()).cpu())
     return torch.cat(scores).numpy().astype(np.float64)
 
 
@@ -440,7 +457,7 @@ def evaluate(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Score every image of the loader's dataset and compute the multi-label metrics."""
     dataset: MultiLabelDataset = loader.dataset
-    scores = predict(model, loader, device, memory_format, precision)
+    scores = predict(model, loader, device, memory_format, precision=precision)
     metrics = multilabel_metrics(scores, dataset.targets, dataset.class_names)
     return metrics, scores
 

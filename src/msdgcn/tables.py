@@ -231,6 +231,24 @@ def scale_caption(results_root: str | Path, profile: str, dataset: str) -> str:
     )
 
 
+def start_caption(profile: str, dataset: str) -> str:
+    """Say where our rows on `dataset` start from: a checkpoint of another dataset, or not.
+
+    Published VOC 2007 results of ADD-GCN's line of work start from COCO-trained models (the
+    discrepancies chapter gives the evidence), so Table 2's caption states our start.
+    """
+    source = PROFILES[profile].fine_tune_from.get(dataset)
+    if source is not None:
+        return (
+            f"Each of our rows starts from the best {source} checkpoint of the same variant "
+            f"({profile} profile) and fine-tunes on {dataset}."
+        )
+    return (
+        f"Our rows start from the {profile} profile's own initialisation, with no COCO-trained "
+        "start, unlike the published VOC results they sit beside."
+    )
+
+
 def not_run(results_root: str | Path, profile: str, dataset: str) -> list[str]:
     """Return the variants of Tables 1 and 2 that have no results file for this dataset."""
     runs = load_runs(results_root, profile, dataset)
