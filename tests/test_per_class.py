@@ -96,6 +96,8 @@ def test_training_curves_one_line_per_run(repo_root):
     loss_axes, map_axes = figure.axes
     assert len(loss_axes.lines) == len(map_axes.lines) == len(runs)
     head_e = next(run for run in runs if run.variant == "head-e")
-    drawn = map_axes.lines[runs.index(head_e)].get_ydata()
+    drawn = next(line for line in map_axes.lines if line.get_label() == "head-e").get_ydata()
     np.testing.assert_allclose(drawn, 100 * head_e.history["mAP"].to_numpy())
+    looks = {(line.get_color() if isinstance(line.get_color(), str) else tuple(line.get_color()), line.get_linestyle()) for line in map_axes.lines}
+    assert len(looks) == len(runs)
     assert "head-e" in per_class.describe_runs(runs)

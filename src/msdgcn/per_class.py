@@ -268,16 +268,28 @@ def plot_pr_curves(
 def plot_training_curves(
     runs: list[RunResults], caption: str, path: str | PathLike[str] | None = None
 ) -> Figure:
-    """Draw training loss and validation mAP per epoch, one line per run, in two panels."""
-    colors = sns.color_palette(PALETTE, len(runs))
+    """Draw training loss and validation mAP per epoch, one line per run, in two panels.
+
+    Head-check runs (variants "head-...") draw solid lines and the others dashed ones, each group
+    with its own colours, so that no two lines share both colour and style when the palette has
+    fewer colours than runs. The loss axis is logarithmic, because a run's first epoch can start
+    orders of magnitude above its last.
+    """
+    groups = [
+        ([run for run in runs if run.variant.startswith("head-")], "-"),
+        ([run for run in runs if not run.variant.startswith("head-")], "--"),
+    ]
     with sns.axes_style(SEABORN_STYLE):
         figure, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11.0, 4.2))
-        for color, run in zip(colors, runs):
-            history = run.history
-            ax_loss.plot(history["epoch"], history["train_loss"], marker="o", color=color, label=run.variant)
-            ax_map.plot(history["epoch"], 100 * history["mAP"], marker="o", color=color, label=run.variant)
+        for group, linestyle in groups:
+            for color, run in zip(sns.color_palette(PALETTE, len(group)), group):
+                history = run.history
+                style = dict(marker="o", color=color, linestyle=linestyle, label=run.variant)
+                ax_loss.plot(history["epoch"], history["train_loss"], **style)
+                ax_map.plot(history["epoch"], 100 * history["mAP"], **style)
+        ax_loss.set_yscale("log")
         ax_loss.set_xlabel("epoch")
-        ax_loss.set_ylabel("mean training loss per label (nats)")
+        ax_loss.set_ylabel("mean training loss per label (nats, log scale)")
         ax_loss.set_title("Training loss")
         ax_map.set_xlabel("epoch")
         ax_map.set_ylabel("validation mAP (%)")
