@@ -145,8 +145,8 @@ def build_benchmark_model(name: str) -> tuple[torch.nn.Module, dict]:
     """Build a model of MODELS on COCO's 80 classes, with seeded random weights for the head.
 
     ML-GCN also needs class names (for its GloVe vectors) and training labels (for its
-    correlation matrix): the benchmark gives it COCO's names and seeded random labels with
-    about 2.9 labels per image, since its speed does not depend on which edges the graph has.
+    correlation matrix). The benchmark gives it COCO's names and seeded random labels with about
+    2.9 labels per image, because its speed does not depend on which edges the graph has.
     """
     spec = MODELS[name]
     torch.manual_seed(0)
