@@ -158,7 +158,8 @@ schedule.loc[[29, 30, 31, 32, 33, 40, 41, 42, 43]]
 # The official `load_checkpoint` copies the checkpoint's `epoch` into `start_epoch` and its
 # `best_score` into `best_score`. It leaves `self.epoch` at 0 and restores no optimizer state. A run resumed
 # after epoch 35 of 50 therefore starts again at the initial rate: the drop of epoch 32 is
-# lost, and the next drop (at 40) only brings the rate to 0.005. Our checkpoints store the
+# lost, and the next drop (the official step 40, which lands at epoch 42) only brings the rate
+# to 0.005. Our checkpoints store the
 # scheduler's state, so a resumed run continues the same schedule.
 
 # %%

@@ -26,7 +26,7 @@
 # float64 by `msdgcn.figures`.
 
 # %% tags=["parameters"]
-output_dir = "../results/figures"  # relative to this notebook's folder
+output_dir = "../results/scratch/figures"  # relative to this notebook's folder; the report passes ../results/figures
 
 # %% [markdown]
 # The book's seaborn theme comes from `msdgcn.figures.set_style`, so every notebook uses the

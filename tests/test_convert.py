@@ -20,6 +20,7 @@ from msdgcn.convert import (
     ConversionError,
     convert_state_dict,
     official_class_names,
+    read_official_checkpoint,
     random_official_state_dict,
 )
 from msdgcn.engine import load_checkpoint
@@ -212,8 +213,17 @@ def test_convert_cli_reports_corrupt_source(tmp_path, capsys):
     source = tmp_path / "broken.pth"
     source.write_bytes(b"not a checkpoint")
     assert main(["convert", str(source), str(tmp_path / "out.pt")]) == 2
-    assert "broken.pth" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "broken.pth" in error
+    assert "weights_only" not in error
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_convert_rejects_converted_checkpoint(tmp_path):
+    converted = tmp_path / "ours.pt"
+    torch.save({"format": 1, "model": {"head": "add-gcn"}, "state_dict": {}}, converted)
+    with pytest.raises(ConversionError, match="already a checkpoint of this package"):
+        read_official_checkpoint(converted)
 
 
 def test_official_notebook_pair_in_sync(repo_root):

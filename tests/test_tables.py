@@ -106,8 +106,11 @@ def test_scale_caption_names_run_scale(tmp_path):
     assert tables.scale_caption(tmp_path, "cpu", "coco-subset") == "Ours: no run of the cpu profile on coco-subset yet."
     write_run(tmp_path, "ml-gcn")
     assert tables.scale_caption(tmp_path, "cpu", "coco-subset") == (
-        "Ours: cpu profile on coco-subset, 128 px, 2 epochs, seed 0, 124 validation images."
+        "Ours: cpu profile on coco-subset, 128 px, 2 epochs (ml-gcn); seed 0, 124 validation images."
     )
+    write_run(tmp_path, "head-mlgcn")
+    caption = tables.scale_caption(tmp_path, "cpu", "coco-subset")
+    assert "128 px, 2 epochs (ml-gcn, head-mlgcn);" in caption
 
 
 def test_cited_numbers_match_paper_text(shared_dir):
@@ -176,3 +179,11 @@ def test_table2_caption_states_where_the_rows_start():
     assert "best coco2014 checkpoint" in paper_start
     cpu_start = tables.start_caption("cpu", "coco-subset-voc20")
     assert "no COCO-trained start" in cpu_start
+
+
+def test_report_rejects_unknown_profile(tmp_path):
+    from msdgcn.report import plan_report
+
+    with pytest.raises(ValueError, match="unknown profile 'nope'"):
+        plan_report("nope", tmp_path)
+    assert not (tmp_path / "nope").exists()

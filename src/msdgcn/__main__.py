@@ -1,4 +1,4 @@
-"""Command line: `python -m msdgcn {batch,train,report,evaluate} ...`."""
+"""Command line: `python -m msdgcn {batch,train,report,evaluate,convert,predict,download} ...`."""
 
 from __future__ import annotations
 
@@ -41,13 +41,15 @@ def _train_command(args: argparse.Namespace) -> int:
 
 def add_train_arguments(train: argparse.ArgumentParser) -> None:
     from .batch import REPO_ROOT
+    from .data import DATASETS
+    from .profiles import PROFILES
     from .run import TRAIN_OPTIONS
 
-    train.add_argument("--profile", default="cpu")
-    train.add_argument("--variant", required=True)
-    train.add_argument("--dataset", default="coco-subset")
-    train.add_argument("--data-root", required=True)
-    train.add_argument("--results", default=str(REPO_ROOT / "results"))
+    train.add_argument("--profile", default="cpu", choices=sorted(PROFILES), help="run scale (default: cpu)")
+    train.add_argument("--variant", required=True, help="a variant of the profile, such as a-e, gap or head-e")
+    train.add_argument("--dataset", default="coco-subset", choices=DATASETS, help="dataset (default: coco-subset)")
+    train.add_argument("--data-root", required=True, help="folder that contains the dataset")
+    train.add_argument("--results", default=str(REPO_ROOT / "results"), help="results root folder")
     for option, key, kind, text in TRAIN_OPTIONS:
         destination = key.replace(".", "_")
         if kind is bool:
@@ -134,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", help="execute the tables, figures, per-class and attention notebooks into results/"
     )
-    report.add_argument("--profile", default="cpu")
-    report.add_argument("--results", default=str(REPO_ROOT / "results"))
+    from .profiles import PROFILES
+
+    report.add_argument("--profile", default="cpu", choices=sorted(PROFILES), help="profile whose runs to report (default: cpu)")
+    report.add_argument("--results", default=str(REPO_ROOT / "results"), help="results root folder")
     report.set_defaults(handler=_report_command)
 
     evaluate = commands.add_parser("evaluate", help="metrics from a predictions CSV and a labels CSV")

@@ -149,13 +149,20 @@ def read_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError or EOFError here
+        # torch's own message advises weights_only=False, which would run code from the file.
         raise ConversionError(
-            f"cannot read {path} as a PyTorch checkpoint ({type(error).__name__}: {error}); "
-            "check that the file is complete and was written by torch.save"
+            f"cannot read {path} as a PyTorch checkpoint ({type(error).__name__}): it is corrupt, "
+            "incomplete, or needs arbitrary code to unpickle, which is never run. Check that it is "
+            "the official checkpoint_best.pth written by torch.save"
         ) from error
     if not isinstance(payload, Mapping):
         raise ConversionError(f"{path} contains a {type(payload).__name__}, not a checkpoint dict")
 
+    if "format" in payload and isinstance(payload.get("model"), Mapping):
+        raise ConversionError(
+            f"{path} is already a checkpoint of this package (it has 'format' and 'model' entries), "
+            "not an official ADD-GCN one: use it directly with `predict`, no conversion needed"
+        )
     if isinstance(payload.get("state_dict"), Mapping):
         state = payload["state_dict"]
         extra = {key: value for key, value in payload.items() if key != "state_dict"}

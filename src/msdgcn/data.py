@@ -84,6 +84,7 @@ def load_image(
     path: str | Path,
     max_pixels: int | None = MAX_IMAGE_PIXELS,
     draft_side: int | None = None,
+    advice: str = "Re-download the image, or remove its id from the split's id list.",
 ) -> Image.Image:
     """Decode an image file into an RGB PIL image, rotated upright by its EXIF orientation.
 
@@ -96,10 +97,9 @@ def load_image(
     (the first frame). Raises ImageDecodeError, naming the file, when the file is missing, empty,
     truncated or not an image, or when its header claims more than `max_pixels` pixels. PIL's
     LOAD_TRUNCATED_IMAGES stays off, so a truncated JPEG fails here instead of training on a
-    grey-filled image.
+    grey-filled image. `advice` ends every error message: what the caller's user can do.
     """
     path = Path(path)
-    advice = "Re-download the image, or remove its id from the split's id list."
     try:
         size = path.stat().st_size
     except OSError as error:

@@ -283,9 +283,13 @@ def fetch(
         except (DownloadError, OSError, http.client.HTTPException) as error:
             size = part.stat().st_size if part.exists() else 0
             if attempt == retries:
+                kept = (
+                    f"{size} bytes are kept in {part}. Run the same command again to resume"
+                    if part.exists()
+                    else "nothing was written. Check the address and the network, then run the same command again"
+                )
                 raise DownloadError(
-                    f"download of {url} failed after {attempt + 1} attempt(s) ({error}); {size} bytes "
-                    f"are kept in {part}. Run the same command again to resume"
+                    f"download of {url} failed after {attempt + 1} attempt(s) ({error}); {kept}"
                 ) from error
             logger.warning(
                 "download of %s failed (%s) with %d bytes kept; retry %d of %d",

@@ -289,12 +289,15 @@ def _load_tensors_only(path: Path, kind: str, advice: str) -> Any:
         ) from error
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint of ours. A file that needs arbitrary code to unpickle is rejected, not run."""
+def load_checkpoint(path: Path, advice: str = "delete it, or rerun with --no-resume") -> dict[str, Any]:
+    """Load a checkpoint of ours. A file that needs arbitrary code to unpickle is rejected, not run.
+
+    `advice` completes the error for an unreadable file: what the caller's user can do.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    payload = _load_tensors_only(path, "checkpoint", "delete it, or rerun with --no-resume")
+    payload = _load_tensors_only(path, "checkpoint", advice)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a training checkpoint of this package (missing 'format': "

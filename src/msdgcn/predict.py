@@ -56,7 +56,9 @@ def load_model_from_checkpoint(path: str | os.PathLike, device: str = "cpu") -> 
     loading never needs the internet. The test transform comes from the checkpoint's
     `test_transform` entry when it has one (converted checkpoints), else from its run config.
     """
-    payload = load_checkpoint(Path(path))
+    payload = load_checkpoint(
+        Path(path), advice="pass a checkpoint written by `python -m msdgcn train` or `python -m msdgcn convert`"
+    )
     config = RunConfig.from_dict(payload["config"])
     class_names = [str(name) for name in payload["class_names"]]
     model_config = ModelConfig(
@@ -84,7 +86,7 @@ def check_images_readable(paths: Sequence[str | os.PathLike]) -> None:
     failures = []
     for path in paths:
         try:
-            load_image(path)
+            load_image(path, advice="Replace the file, or leave it out of the command.")
         except ImageDecodeError as error:
             failures.append(str(error))
     if failures:

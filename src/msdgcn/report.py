@@ -21,6 +21,7 @@ import papermill
 
 from .attention import train_command_for
 from .batch import NOTEBOOK_DIR, REPO_ROOT, read_notebook, tidy_executed
+from .profiles import PROFILES
 from .run import METRICS_FILE
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ def plan_report(
     The per-class notebook needs the finished focus run (`FOCUS_VARIANTS`), and the attention
     notebook needs that run's `checkpoints/best.pt` as well.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     results_root = Path(results_root).resolve()
     profile_dir = results_root / profile
     jobs = [

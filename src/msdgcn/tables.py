@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 NOT_RUN = "not run"
 CITED = "cited by the paper"
+# Cited rows have no run of ours: their scale is the publication's, and their run cell stays empty.
+CITED_SCALE_AND_RUN = {"scale": "as published", "run": ""}
 
 
 def load_runs(results_root: str | Path, profile: str, dataset: str) -> dict[str, dict[str, Any]]:
@@ -211,23 +213,29 @@ def _measured_rows(runs, profile: str, dataset: str, columns: list[str], values_
 def scale_caption(results_root: str | Path, profile: str, dataset: str) -> str:
     """Describe the scale of the measured rows of Tables 1 and 2 for their caption.
 
-    Lists each distinct image size, epoch count, seed and number of validation images among the
-    finished runs of `MEASURED_VARIANTS`, or states that none has run.
+    Groups the finished runs of `MEASURED_VARIANTS` by image size and epoch count, naming the
+    variants of each group, then gives the seeds and validation images, or states that none has
+    run.
     """
     runs = load_runs(results_root, profile, dataset)
-    measured = [runs[variant] for variant in MEASURED_VARIANTS if variant in runs]
+    measured = {variant: runs[variant] for variant in MEASURED_VARIANTS if variant in runs}
     if not measured:
         return f"Ours: no run of the {profile} profile on {dataset} yet."
 
     def distinct(values) -> str:
         return ", ".join(str(value) for value in sorted(set(values)))
 
+    scales: dict[tuple[int, int], list[str]] = {}
+    for variant, run in measured.items():
+        scales.setdefault((run["config"]["image_size"], run["config"]["epochs"]), []).append(variant)
+    groups = "; ".join(
+        f"{size} px, {epochs} epochs ({', '.join(variants)})"
+        for (size, epochs), variants in sorted(scales.items())
+    )
     return (
-        f"Ours: {profile} profile on {dataset}, "
-        f"{distinct(run['config']['image_size'] for run in measured)} px, "
-        f"{distinct(run['config']['epochs'] for run in measured)} epochs, "
-        f"seed {distinct(run['provenance']['seed'] for run in measured)}, "
-        f"{distinct(run['provenance']['val_data']['images'] for run in measured)} validation images."
+        f"Ours: {profile} profile on {dataset}, {groups}; "
+        f"seed {distinct(run['provenance']['seed'] for run in measured.values())}, "
+        f"{distinct(run['provenance']['val_data']['images'] for run in measured.values())} validation images."
     )
 
 
@@ -260,7 +268,7 @@ def table1(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame
     """Table 1: all and top-3 metrics, the paper's rows (cited), then ours (measured or not run)."""
     columns = [f"all {k}" for k in paper.METRIC_KEYS] + [f"top-3 {k}" for k in paper.TOP3_KEYS]
     rows = [
-        {"method": method, "source": CITED, **dict(zip(columns, _reported(*all_values, *top3_values)))}
+        {"method": method, "source": CITED, **CITED_SCALE_AND_RUN, **dict(zip(columns, _reported(*all_values, *top3_values)))}
         for method, (all_values, top3_values) in paper.TABLE1.items()
     ]
 
@@ -277,7 +285,7 @@ def table2(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame
     """Table 2: per-class AP on the 20 VOC classes, cited rows, then ours (measured or not run)."""
     columns = [*paper.VOC_CLASSES, "mAP"]
     rows = [
-        {"method": method, "source": CITED, **dict(zip(columns, _reported(*values)))}
+        {"method": method, "source": CITED, **CITED_SCALE_AND_RUN, **dict(zip(columns, _reported(*values)))}
         for method, values in paper.TABLE2.items()
     ]
 
