@@ -187,3 +187,12 @@ def test_report_rejects_unknown_profile(tmp_path):
     with pytest.raises(ValueError, match="unknown profile 'nope'"):
         plan_report("nope", tmp_path)
     assert not (tmp_path / "nope").exists()
+
+
+def test_positive_counts_per_class(tmp_path):
+    assert tables.positive_counts(tmp_path, "cpu", "coco-subset") is None
+    run_dir = write_run(tmp_path, "a")
+    labels = np.array([[1, 0, 0], [1, 1, 0], [0, -1, 0], [0, 0, 0]])
+    write_matrix_csv(run_dir / "labels.csv", ["1", "2", "3", "4"], ["x", "y", "z"], labels, fmt="%d")
+    counts = tables.positive_counts(tmp_path, "cpu", "coco-subset")
+    assert counts.to_dict() == {"x": 2, "y": 1, "z": 0}

@@ -319,6 +319,19 @@ def chance_mAP(results_root: str | Path, profile: str, dataset: str) -> float | 
     return None
 
 
+def positive_counts(results_root: str | Path, profile: str, dataset: str) -> pd.Series | None:
+    """Count the validation images with a positive label per class, from a run's labels.csv.
+
+    Each class's AP rests on these positives, so a class with a handful of them gives a noisy AP.
+    Difficult (-1) labels are not counted. Returns None when no run of that profile and dataset
+    has saved its labels.
+    """
+    for labels_path in sorted((Path(results_root) / profile / dataset).glob("*/labels.csv")):
+        _, class_names, targets = read_matrix_csv(labels_path)
+        return pd.Series((targets == 1).sum(axis=0), index=class_names, name="validation positives")
+    return None
+
+
 def link_runs(table: pd.DataFrame, column: str = "our run") -> pd.DataFrame:
     """Turn run paths into links to the executed notebooks, relative to a profile's tables page.
 
