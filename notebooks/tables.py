@@ -104,6 +104,13 @@ display(Markdown(f"*Table 1. {caption} Cited rows: MS-COCO 2014 validation, as p
 HTML(tables.link_runs(table1).to_html(escape=False))
 
 # %% [markdown]
+# CF1 and OF1 are harmonic means of the printed precision and recall, so those two fix them up to
+# rounding. The cited values below do not match their own P and R; Table 1 keeps them as printed.
+
+# %%
+tables.f1_mismatches()
+
+# %% [markdown]
 # ## Table 2: PASCAL VOC 2007 per-class AP
 #
 # On this machine the VOC code path runs on the VOC-20 view of coco-subset (the COCO images that

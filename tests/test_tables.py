@@ -196,3 +196,12 @@ def test_positive_counts_per_class(tmp_path):
     write_matrix_csv(run_dir / "labels.csv", ["1", "2", "3", "4"], ["x", "y", "z"], labels, fmt="%d")
     counts = tables.positive_counts(tmp_path, "cpu", "coco-subset")
     assert counts.to_dict() == {"x": 2, "y": 1, "z": 0}
+
+
+def test_f1_mismatch_in_cited_rows():
+    mismatches = tables.f1_mismatches()
+    # ADD-GCN's top-3 CP 89.2 and CR 65.2 give CF1 75.3, but the paper prints 78.9.
+    row = mismatches[(mismatches["method"] == "ADD-GCN") & (mismatches["metric"] == "top-3 CF1")]
+    assert len(row) == 1
+    assert row.iloc[0]["printed"] == 78.9
+    assert row.iloc[0]["from printed P and R"] == 75.3

@@ -332,6 +332,28 @@ def positive_counts(results_root: str | Path, profile: str, dataset: str) -> pd.
     return None
 
 
+def f1_mismatches(tolerance: float = 0.2) -> pd.DataFrame:
+    """List the cited Table 1 F1 values that differ from the F1 of their own printed P and R.
+
+    CF1 and OF1 are harmonic means, F1 = 2 P R / (P + R), so the printed P and R fix them up to
+    rounding. A printed F1 further than `tolerance` points from that value is a misprint in the
+    paper or in its source; the table keeps the printed value and this list shows the gap.
+    """
+    rows = []
+    for method, (all_values, top3_values) in paper.TABLE1.items():
+        groups = (("all", dict(zip(paper.METRIC_KEYS, all_values))), ("top-3", dict(zip(paper.TOP3_KEYS, top3_values))))
+        for scope, values in groups:
+            for precision, recall, f1 in (("CP", "CR", "CF1"), ("OP", "OR", "OF1")):
+                p, r, printed = values[precision], values[recall], values[f1]
+                if any(math.isnan(v) for v in (p, r, printed)):
+                    continue
+                computed = 2 * p * r / (p + r)
+                if abs(computed - printed) > tolerance:
+                    rows.append({"method": method, "metric": f"{scope} {f1}", "printed": printed,
+                                 "from printed P and R": round(computed, 1)})
+    return pd.DataFrame(rows)
+
+
 def link_runs(table: pd.DataFrame, column: str = "our run") -> pd.DataFrame:
     """Turn run paths into links to the executed notebooks, relative to a profile's tables page.
 
