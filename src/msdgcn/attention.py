@@ -37,6 +37,7 @@ from scipy import special, stats
 from .batch import REPO_ROOT
 from .data import MultiLabelDataset
 from .engine import load_checkpoint
+from .models.mlgcn import label_cooccurrence as mlgcn_label_cooccurrence
 from .figures import SEABORN_STYLE, save_figure
 from .metrics import predict_labels
 from .models import MultiLabelModel
@@ -436,8 +437,8 @@ def label_cooccurrence(targets: np.ndarray) -> np.ndarray:
 
     The diagonal contains the number of images of each class.
     """
-    present = (np.asarray(targets) == 1).astype(np.int64)
-    return present.T @ present
+    cooccurrence, counts = mlgcn_label_cooccurrence(targets)
+    return cooccurrence + np.diag(counts)
 
 
 def linked_pairs(mean_dynamic: np.ndarray, cooccurrence: np.ndarray, class_names: list[str]) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import paper_numbers as paper
@@ -303,6 +304,18 @@ def table2(results_root: str | Path, profile: str, dataset: str) -> pd.DataFrame
     return pd.DataFrame(rows).set_index("method")
 
 
+def saved_labels(results_root: str | Path, profile: str, dataset: str) -> tuple[list[str], np.ndarray] | None:
+    """Return (class names, targets (N, C)) from the first run's labels.csv, or None if none exists.
+
+    Every run of a profile and dataset evaluates on the same validation split, so any run's
+    labels serve.
+    """
+    for labels_path in sorted((Path(results_root) / profile / dataset).glob("*/labels.csv")):
+        _, class_names, targets = read_matrix_csv(labels_path)
+        return class_names, targets
+    return None
+
+
 def chance_mAP(results_root: str | Path, profile: str, dataset: str) -> float | None:
     """Return the mAP of a model that gives every image the same scores, on a run's val labels.
 
@@ -310,13 +323,14 @@ def chance_mAP(results_root: str | Path, profile: str, dataset: str) -> float | 
     over classes with a positive: the floor that a trained model has to beat.
     Returns None when no run of that profile and dataset has saved its labels.
     """
-    for labels_path in sorted((Path(results_root) / profile / dataset).glob("*/labels.csv")):
-        _, _, targets = read_matrix_csv(labels_path)
-        counted = targets >= 0
-        positives = (targets == 1).sum(axis=0)
-        present = positives > 0
-        return float((positives[present] / counted.sum(axis=0)[present]).mean())
-    return None
+    labels = saved_labels(results_root, profile, dataset)
+    if labels is None:
+        return None
+    _, targets = labels
+    counted = targets >= 0
+    positives = (targets == 1).sum(axis=0)
+    present = positives > 0
+    return float((positives[present] / counted.sum(axis=0)[present]).mean())
 
 
 def positive_counts(results_root: str | Path, profile: str, dataset: str) -> pd.Series | None:
@@ -326,10 +340,11 @@ def positive_counts(results_root: str | Path, profile: str, dataset: str) -> pd.
     Difficult (-1) labels are not counted. Returns None when no run of that profile and dataset
     has saved its labels.
     """
-    for labels_path in sorted((Path(results_root) / profile / dataset).glob("*/labels.csv")):
-        _, class_names, targets = read_matrix_csv(labels_path)
-        return pd.Series((targets == 1).sum(axis=0), index=class_names, name="validation positives")
-    return None
+    labels = saved_labels(results_root, profile, dataset)
+    if labels is None:
+        return None
+    class_names, targets = labels
+    return pd.Series((targets == 1).sum(axis=0), index=class_names, name="validation positives")
 
 
 def f1_mismatches(tolerance: float = 0.2) -> pd.DataFrame:
