@@ -203,7 +203,7 @@ class SettingRun:
         """Run one untimed forward, then `steps` forwards, in one context, as `engine.predict` does.
 
         The first forward of a pass pays for autocast's casts of the weights to bf16, which the
-        context then caches for the rest of the pass; on a validation set that cost is paid once
+        context then caches for the rest of the pass. On a validation set that cost is paid once
         per epoch, so the timed forwards leave it out.
         """
         self.model.eval()

@@ -173,5 +173,5 @@ if details.dynamic_adjacency is not None:
 # A small $A_d$ everywhere means the dynamic graph passes little between category
 # representations, and D-GCN's output then rests on SAM's $v_c$ and the static graph. Whether
 # that happens depends on the run. The statistics printed above belong to this checkpoint at
-# this run's scale. They say nothing about MSD-GCN as published, which trains depth-101
+# this run's scale. They show nothing about MSD-GCN as published, which trains depth-101
 # backbones for 50 epochs on the full MS-COCO 2014 and PASCAL VOC 2007.

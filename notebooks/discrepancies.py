@@ -157,10 +157,10 @@ schedule.loc[[29, 30, 31, 32, 33, 40, 41, 42, 43]]
 #
 # The official `load_checkpoint` copies the checkpoint's `epoch` into `start_epoch` and its
 # `best_score` into `best_score`. It leaves `self.epoch` at 0 and restores no optimizer state. A run resumed
-# after epoch 35 of 50 therefore starts again at the initial rate: the drop of epoch 32 is
-# lost, and the next drop (the official step 40, which lands at epoch 42) only brings the rate
-# to 0.005. Our checkpoints store the
-# scheduler's state, so a resumed run continues the same schedule.
+# after epoch 35 of 50 therefore starts again at the initial rate, and the drop of epoch 32 is
+# lost. The next drop (the official step 40, which lands at epoch 42) only brings the rate to
+# 0.005. Our checkpoints store the scheduler's state, so a resumed run continues the same
+# schedule.
 
 # %%
 official_resumed = discrepancies.official_lr_schedule(epochs=50, epoch_step=[30, 40], lr=0.05, start_epoch=35)
@@ -182,7 +182,7 @@ resumed
 # The same logic applies when a checkpoint from another dataset is passed to `--resume`, which
 # is how the official author describes fine-tuning on VOC from a COCO model
 # (github.com/Yejin0111/ADD-GCN/issues/5 and /issues/6). Asked whether the start epoch should be
-# loaded too, the author answers that only the pretrained weights are necessary, but the code
+# loaded too, the author replies that only the pretrained weights are necessary, but the code
 # loads it. A COCO checkpoint written after its 50th epoch has
 # `epoch = 50`, so a 50-epoch VOC run started from it trains no epoch at all, and every later
 # epoch must beat the COCO score to be saved as best. The best score below is a placeholder;

@@ -113,9 +113,9 @@ tables.f1_mismatches()
 # %% [markdown]
 # ## Table 2: PASCAL VOC 2007 per-class AP
 #
-# On this machine the VOC code path runs on the VOC-20 view of coco-subset (the COCO images that
-# contain one of the 20 VOC classes, with those labels renamed), so a measured row here checks
-# that path and does not reproduce a VOC-2007 result. The main job trains these rows; the command
+# On this machine the VOC code path runs on the VOC-20 view of coco-subset: the COCO images that
+# contain one of the 20 VOC classes, with those labels renamed. A measured row here therefore
+# checks that path and does not reproduce a VOC-2007 result. The main job trains these rows; the command
 # in a "not run" row adds that row. An ML-GCN run on this view reads the GloVe vectors of VOC's
 # class names and counts co-occurrence on its own training images.
 

@@ -11,7 +11,7 @@ bash scripts/setup_env.sh
 # on the 2-core reference machine (benchmarks/parallel_runs.py).
 python -m msdgcn batch --profile cpu --dataset coco-subset --data-root "$DATA_ROOT" --jobs "${MSDGCN_JOBS:-2}" "$@"
 # Table 2 (per-class AP on the 20 VOC classes) reads the rows of Table 1 trained on the VOC-20
-# view of the same images; the head-check rows first, because they take longest.
+# view of the same images. The head-check rows run first, because they take longest.
 VOC_VARIANTS=$(python -c "from msdgcn.tables import MEASURED_VARIANTS as v; print(*sorted(v, key=lambda n: not n.startswith('head-')))")
 # shellcheck disable=SC2086  # one word per variant
 python -m msdgcn batch --profile cpu --dataset coco-subset-voc20 --data-root "$DATA_ROOT" --jobs "${MSDGCN_JOBS:-2}" --variants $VOC_VARIANTS "$@"

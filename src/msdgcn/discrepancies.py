@@ -270,7 +270,7 @@ def dynamic_propagation(num_nodes: int = 4, hidden_dim: int = 3, seed: int = 0) 
     with torch.no_grad():
         nodes = representations + module.forward_static_gcn(representations)  # (1, D1, C)
         adjacency = module.forward_dynamic_adjacency(nodes)[0]  # (C, C)
-        rows = nodes[0].T  # H in the paper's row layout (C, D1)
+        rows = nodes[0].T  # H in the MSD-GCN paper's row layout (C, D1)
         captured = {}
         hook = module.activation.register_forward_hook(lambda _m, inputs, _o: captured.setdefault("input", inputs[0]))
         module.forward_dynamic_gcn(nodes, adjacency[None])
@@ -298,7 +298,7 @@ def mlgcn_correlation_paper(cooccurrence: np.ndarray, counts: np.ndarray, tau: f
 
     The diagonal gets 1 - p and the other entries of each row i share p in proportion to A,
     so a row with at least one neighbour sums to 1. A row without neighbours keeps only
-    1 - p on its diagonal (the paper's formula divides by zero there).
+    1 - p on its diagonal (ML-GCN's formula divides by zero there).
     """
     binary = _binarised_conditional(cooccurrence, counts, tau)
     np.fill_diagonal(binary, 0.0)

@@ -242,7 +242,7 @@ def plot_pr_curves(
 ) -> Figure:
     """Draw the step precision-recall curve of each class in `curves`, labelled with its AP.
 
-    The precision of a threshold holds over the recall it adds, which is the step the AP sums.
+    The precision of a threshold applies over the recall it adds, which is the step the AP sums.
     """
     colors = sns.color_palette(PALETTE, len(curves))
     with sns.axes_style(SEABORN_STYLE):

@@ -352,7 +352,7 @@ def f1_mismatches(tolerance: float = 0.2) -> pd.DataFrame:
 
     CF1 and OF1 are harmonic means, F1 = 2 P R / (P + R), so the printed P and R fix them up to
     rounding. A printed F1 further than `tolerance` points from that value is a misprint in the
-    paper or in its source; the table keeps the printed value and this list shows the gap.
+    paper or in its source. The table keeps the printed value, and this list shows the gap.
     """
     rows = []
     for method, (all_values, top3_values) in paper.TABLE1.items():
